@@ -1,0 +1,278 @@
+"""The ``hpo`` command: a thin Typer layer over the library.
+
+Results go to stdout; progress and errors to stderr. An :class:`HpoError` becomes one
+``Error: ...`` line and exit code 1; Ctrl-C exits 130 with the database left consistent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import optuna
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hpo.errors import HpoError
+from hpo.storage import mask_url, open_storage, storage_url
+
+app = typer.Typer(
+    help="Hyperparameter optimization for PyTorch MLPs and XGBoost, on Optuna.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+if not out.is_terminal:  # piped or captured: no need to wrap tables at 80 columns
+    out = Console(width=160)
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="SQLAlchemy URL or grpc://HOST:PORT [env: HPO_STORAGE]"),
+]
+ArtifactsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--artifacts", help="Artifact directory [env: HPO_ARTIFACTS; default storage/artifacts]"
+    ),
+]
+
+
+def user_errors(fn: F) -> F:
+    """Turn errors a user can cause into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HpoError as e:
+            err.print(f"[bold red]Error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("Interrupted: finished trials are kept; run again to continue.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_optuna() -> None:
+    """Our own progress replaces Optuna's per-trial INFO lines and experimental notices."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").propagate = False
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@app.command()
+@user_errors
+def run(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML")],
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Finished trials to reach (overrides the spec)")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds for this run (overrides the spec)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+) -> None:
+    """Tune the study in SPEC: resume it and top it up to its trial count."""
+    from hpo.data import load_dataset
+    from hpo.nn_study import count_done, open_nn_study, run_nn_study
+    from hpo.spec import load_spec
+    from hpo.storage import open_artifacts
+    from hpo.summary import trial_summary, trials_table
+
+    _quiet_optuna()
+    spec, base_dir = load_spec(spec_path)
+    data = load_dataset(spec.data, spec.task, base_dir, spec.seed)  # before any write
+    store = open_storage(
+        storage,
+        heartbeat_interval=spec.heartbeat_interval,
+        grace_period=spec.grace_period,
+        max_retry=spec.max_retry,
+    )
+    artifact_store = open_artifacts(artifacts)
+    target = spec.nn.trials if trials is None else trials
+    study = open_nn_study(spec, store, data)
+    err.print(
+        f"{spec.nn_study_name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/"
+        f"{len(data.test.y)} train/val/test rows, storage {mask_url(storage_url(storage))}",
+        highlight=False,
+    )
+    with _trial_progress(study.study_name, count_done(study), target, quiet) as on_trial:
+        study = run_nn_study(
+            spec,
+            data,
+            store,
+            artifact_store,
+            n_trials=target,
+            timeout=timeout or spec.nn.timeout,
+            on_trial=on_trial,
+        )
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise HpoError(f"{study.study_name}: no trial completed (all pruned or failed)")
+    out.print(trials_table(study))
+    best = trial_summary(study.best_trial)
+    out.print(f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}")
+
+
+class _trial_progress:
+    """A Rich progress bar on stderr, advanced by an Optuna callback."""
+
+    def __init__(self, name: str, done: int, target: int, quiet: bool) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[best]}"),
+            console=err,
+            disable=quiet or not err.is_terminal,
+        )
+        self.task = self.progress.add_task(name, total=target, completed=done, best="")
+
+    def __enter__(self) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+        self.progress.start()
+        return self.on_trial
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        from hpo.nn_study import count_done
+
+        try:
+            best = f"best {study.best_value:.4f}"
+        except ValueError:
+            best = ""
+        self.progress.update(self.task, completed=count_done(study), best=best)
+        if not self.progress.live.is_started or self.progress.disable:
+            state = trial.state.name.lower()
+            value = f" {trial.value:.4f}" if trial.value is not None else ""
+            err.print(f"trial {trial.number} {state}{value} {best}", highlight=False)
+
+
+def _studies_for(name: str, store: optuna.storages.BaseStorage) -> list[str]:
+    """``digits`` means the studies ``digits-nn`` (and ``digits-gbm``); an exact name is itself."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+    if name in names:
+        return [name]
+    found = [n for n in names if n in (f"{name}-nn", f"{name}-gbm")]
+    if not found:
+        known = ", ".join(sorted(names)) or "none"
+        raise HpoError(f"no study named {name!r} (studies here: {known})")
+    return found
+
+
+@app.command()
+@user_errors
+def studies(storage: StorageOpt = None) -> None:
+    """List the studies in the storage."""
+    from rich.table import Table
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    table = Table(title=f"Studies in {mask_url(storage_url(storage))}", title_justify="left")
+    for column in ("study", "trials", "best value", "dataset", "task"):
+        table.add_column(column)
+    for s in optuna.get_all_study_summaries(store):
+        best = (
+            f"{s.best_trial.value:.4f}" if s.best_trial and s.best_trial.value is not None else ""
+        )
+        table.add_row(
+            s.study_name,
+            str(s.n_trials),
+            best,
+            str(s.user_attrs.get("dataset", "")),
+            str(s.user_attrs.get("task", "")),
+        )
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def status(
+    name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits) or a full study name")],
+    storage: StorageOpt = None,
+    top: Annotated[int, typer.Option(help="Rows in the best-trials table")] = 5,
+) -> None:
+    """Trial counts by state, the best value, and a table of the best trials."""
+    from hpo.storage import load_study
+    from hpo.summary import state_counts, trials_table
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    for study_name in _studies_for(name, store):
+        study = load_study(study_name, store)
+        counts = ", ".join(f"{k.lower()} {v}" for k, v in state_counts(study).items())
+        try:
+            best = f"best value {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "no completed trial yet"
+        out.print(f"[bold]{study_name}[/]: {counts or 'no trials'}; {best}")
+        out.print(trials_table(study, top))
+
+
+@app.command()
+@user_errors
+def best(
+    name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits) or a full study name")],
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """The best trial of each of the study's studies."""
+    from hpo.storage import load_study
+    from hpo.summary import trial_summary
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    result: dict[str, Any] = {}
+    for study_name in _studies_for(name, store):
+        study = load_study(study_name, store)
+        try:
+            result[study_name] = trial_summary(study.best_trial)
+        except ValueError:
+            raise HpoError(f"{study_name}: no completed trial yet") from None
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    for study_name, summary in result.items():
+        out.print(
+            f"[bold]{study_name}[/] best trial #{summary['number']}: value {summary['value']:.4f}"
+        )
+        out.print(f"  metrics: {summary['metrics']}")
+        out.print(f"  architecture: {summary['architecture']}")
+        out.print(f"  params: {summary['params']}")
+
+
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(help="mnist or fashion-mnist")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where the dataset folder goes")] = Path(
+        "data"
+    ),
+) -> None:
+    """Download the original gzipped IDX files (needs the internet)."""
+    from hpo.idx import fetch
+
+    path = fetch(dataset, directory)
+    out.print(f"{dataset}: {path}")
+
+
+def main() -> None:
+    app()

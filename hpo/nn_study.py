@@ -1,0 +1,190 @@
+"""The NN study: an Optuna objective that trains one MLP per trial, and the run loop."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import upload_artifact
+from optuna.trial import TrialState
+
+from hpo.data import Dataset
+from hpo.model import MLPSpec
+from hpo.search_space import suggest
+from hpo.spec import StudySpec, spec_hash
+from hpo.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    match spec.sampler:
+        case "tpe":
+            # constant_liar keeps parallel workers from sampling the same point.
+            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, constant_liar=True)
+        case "random":
+            return optuna.samplers.RandomSampler(seed=spec.seed)
+        case "gp":
+            return optuna.samplers.GPSampler(seed=spec.seed)
+        case "qmc":
+            return optuna.samplers.QMCSampler(seed=spec.seed)
+    raise ValueError(spec.sampler)
+
+
+def make_pruner(spec: StudySpec, max_epochs: int) -> optuna.pruners.BasePruner:
+    match spec.pruner:
+        case "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+        case "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        case "percentile":
+            return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=2)
+        case "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner()
+        case "none":
+            return optuna.pruners.NopPruner()
+    raise ValueError(spec.pruner)
+
+
+def count_done(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=DONE_STATES))
+
+
+class NNObjective:
+    """One trial: suggest, build the MLP spec, train with pruning, keep weights and metrics."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        data: Dataset,
+        artifacts: optuna.artifacts.FileSystemArtifactStore,
+        *,
+        device: str | None = None,
+    ) -> None:
+        self.spec, self.data, self.artifacts = spec, data, artifacts
+        self.device = device or pick_device()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest(trial, self.spec.nn.search_space)
+        # An enqueued hand-built baseline carries explicit layers in its user attrs.
+        mlp = MLPSpec.from_params(params, trial.user_attrs.get("layers"))
+        trial.set_user_attr("architecture", mlp.describe())
+
+        def report(epoch: int, val_loss: float) -> None:
+            trial.report(val_loss, epoch)
+            if trial.should_prune():
+                self._record_stop(
+                    trial, epoch + 1, f"pruned by {self.spec.pruner} at epoch {epoch}"
+                )
+                raise optuna.TrialPruned(f"val_loss {val_loss:.4g} at epoch {epoch}")
+
+        try:
+            result = train_mlp(
+                mlp,
+                self.data,
+                epochs=self.spec.nn.epochs,
+                patience=self.spec.nn.patience,
+                seed=self.spec.seed,
+                device=self.device,
+                on_epoch=report,
+            )
+        except NonFiniteLoss as e:
+            self._record_stop(trial, e.epoch + 1, str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        self._record(trial, mlp, result)
+        return result.val_loss
+
+    def _record_stop(self, trial: optuna.Trial, epochs_run: int, reason: str) -> None:
+        trial.set_user_attr("pruned_reason", reason)
+        trial.set_user_attr("epochs_run", epochs_run)
+        trial.set_user_attr("device", self.device)
+
+    def _record(self, trial: optuna.Trial, mlp: MLPSpec, result: TrainResult) -> None:
+        attrs: dict[str, Any] = {
+            "val_loss": result.val_loss,
+            **result.metrics,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "train_seconds": round(result.seconds, 3),
+            "device": result.device,
+            "mlp_spec": mlp.to_dict(),
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"nn-trial-{trial.number}.pt"
+            state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+            torch.save(state, path)
+            attrs["artifact_id"] = upload_artifact(
+                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial
+            )
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+
+def open_nn_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset
+) -> optuna.Study:
+    """Create or load ``<name>-nn``, describe it in study attrs, enqueue baselines once."""
+    study = optuna.create_study(
+        study_name=spec.nn_study_name,
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec, spec.nn.epochs),
+        direction="minimize",
+        load_if_exists=True,
+    )
+    describe_study(study, spec, data)
+    for baseline in spec.nn.baselines:
+        user_attrs: dict[str, Any] = {"baseline": True}
+        if baseline.layers:
+            user_attrs["layers"] = [layer.model_dump() for layer in baseline.layers]
+        study.enqueue_trial(baseline.params(), user_attrs=user_attrs, skip_if_exists=True)
+    return study
+
+
+def describe_study(study: optuna.Study, spec: StudySpec, data: Dataset) -> None:
+    """Study user attrs: what a reader of the dashboard or ``hpo status`` needs to know."""
+    attrs = {
+        "dataset": data.source,
+        "task": spec.task,
+        "spec_hash": spec_hash(spec),
+        "n_features": data.n_features,
+        "classes": data.classes,
+        "split_sizes": [len(data.train.y), len(data.val.y), len(data.test.y)],
+        "spec": spec.model_dump(mode="json"),
+    }
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+def run_nn_study(
+    spec: StudySpec,
+    data: Dataset,
+    storage: optuna.storages.BaseStorage,
+    artifacts: optuna.artifacts.FileSystemArtifactStore,
+    *,
+    n_trials: int,
+    timeout: float | None = None,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.Study:
+    """Top the study up to ``n_trials`` finished (complete or pruned) trials."""
+    study = open_nn_study(spec, storage, data)
+    remaining = n_trials - count_done(study)
+    if remaining > 0:
+        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
+            # Counts what every worker finished, so several processes stop at the target.
+            optuna.study.MaxTrialsCallback(n_trials, states=DONE_STATES)
+        ]
+        if on_trial is not None:
+            callbacks.append(on_trial)
+        study.optimize(
+            NNObjective(spec, data, artifacts),
+            n_trials=remaining,
+            timeout=timeout,
+            callbacks=callbacks,
+        )
+    return study

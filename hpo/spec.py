@@ -1,0 +1,258 @@
+"""The study spec: one YAML file, validated by pydantic and frozen.
+
+A search dimension is either a range (``{low, high, log}``) or a list of choices; a plain
+value instead pins it. Pinned dimensions are still suggested (as a one-point range or a
+one-choice list) so that every trial carries every dimension in its params.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from hpo.errors import HpoError
+
+Task = Literal["binary", "multiclass", "regression"]
+Scaling = Literal["minmax", "minmax_symmetric", "standard", "none"]
+Activation = Literal["relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "tanh", "sigmoid"]
+Initializer = Literal[
+    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal", "default"
+]
+Normalization = Literal[
+    "none", "batchnorm_before", "batchnorm_after", "layernorm_before", "layernorm_after"
+]
+Optimizer = Literal["sgd", "momentum", "rmsprop", "adam", "nadam", "adagrad"]
+
+ACTIVATIONS: tuple[Activation, ...] = Activation.__args__  # type: ignore[attr-defined]
+INITIALIZERS: tuple[Initializer, ...] = Initializer.__args__  # type: ignore[attr-defined]
+NORMALIZATIONS: tuple[Normalization, ...] = Normalization.__args__  # type: ignore[attr-defined]
+OPTIMIZERS: tuple[Optimizer, ...] = Optimizer.__args__  # type: ignore[attr-defined]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _pin_number(value: Any) -> Any:
+    """A bare number pins a range dimension to that value."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"low": value, "high": value}
+    return value
+
+
+def _pin_choice(value: Any) -> Any:
+    """A bare value pins a categorical dimension to that one choice."""
+    return value if isinstance(value, list) else [value]
+
+
+class FloatRange(_Frozen):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class IntRange(_Frozen):
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.low < 1:
+            raise ValueError("must be at least 1")
+        return self
+
+
+FloatDim = Annotated[FloatRange, BeforeValidator(_pin_number)]
+IntDim = Annotated[IntRange, BeforeValidator(_pin_number)]
+
+
+def _choices(kind: Any) -> Any:
+    return Annotated[list[kind], BeforeValidator(_pin_choice), Field(min_length=1)]
+
+
+class NNSpace(_Frozen):
+    """The MLP search space; every key has a default range."""
+
+    depth: IntDim = IntRange(low=1, high=4)
+    width: IntDim = IntRange(low=32, high=512, log=True)
+    activation: _choices(Activation) = list(ACTIVATIONS)  # type: ignore[valid-type]
+    initializer: _choices(Initializer) = list(INITIALIZERS)  # type: ignore[valid-type]
+    normalization: _choices(Normalization) = list(NORMALIZATIONS)  # type: ignore[valid-type]
+    dropout: FloatDim = FloatRange(low=0.0, high=0.5)
+    l2: FloatDim = FloatRange(low=1e-6, high=1e-2, log=True)
+    learning_rate: FloatDim = FloatRange(low=1e-4, high=3e-2, log=True)
+    optimizer: _choices(Optimizer) = list(OPTIMIZERS)  # type: ignore[valid-type]
+    batch_size: _choices(int) = [32, 64, 128, 256]  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> NNSpace:
+        if not 0.0 <= self.dropout.low <= self.dropout.high < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self._show(self.dropout)}")
+        if self.l2.low < 0:
+            raise ValueError(f"l2 must be >= 0, got {self._show(self.l2)}")
+        if self.learning_rate.low <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self._show(self.learning_rate)}")
+        if min(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        return self
+
+    def contains(self, name: str, value: Any) -> bool:
+        """Whether ``value`` lies in dimension ``name``."""
+        dim = getattr(self, name)
+        if isinstance(dim, IntRange | FloatRange):
+            is_number = isinstance(value, int | float) and not isinstance(value, bool)
+            return is_number and dim.low <= value <= dim.high
+        return value in dim
+
+    @staticmethod
+    def _show(r: FloatRange) -> str:
+        return f"{r.low:g}" if r.low == r.high else f"[{r.low:g}, {r.high:g}]"
+
+
+class LayerOverride(_Frozen):
+    """One hidden layer of a hand-built network, for baselines the flat space cannot express."""
+
+    width: int = Field(ge=1)
+    activation: Activation
+    initializer: Initializer = "default"
+    normalization: Normalization = "none"
+
+
+class Baseline(_Frozen):
+    """A configuration to try first: search-space params, optionally with explicit layers."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    layers: list[LayerOverride] | None = None
+
+    def params(self) -> dict[str, Any]:
+        """Search-space params to enqueue; explicit layers are stood for by their first one,
+        so that the sampler learns from a close neighbour of the hand-built network."""
+        params = dict(self.model_extra or {})
+        if self.layers:
+            first = self.layers[0].model_dump()
+            params = {"depth": len(self.layers), **first, **params}
+        return params
+
+
+class NNConfig(_Frozen):
+    trials: int = Field(default=20, ge=0)
+    timeout: float | None = Field(default=None, gt=0, description="seconds for this run")
+    epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=5, ge=1, description="epochs without improvement")
+    search_space: NNSpace = NNSpace()
+    baselines: list[Baseline] = []
+
+    @model_validator(mode="after")
+    def _check_baselines(self) -> NNConfig:
+        for i, baseline in enumerate(self.baselines):
+            for key, value in baseline.params().items():
+                if key not in NNSpace.model_fields:
+                    raise ValueError(f"baselines[{i}]: unknown key {key!r}")
+                if not self.search_space.contains(key, value):
+                    raise ValueError(f"baselines[{i}].{key}: {value!r} is outside the search space")
+        return self
+
+
+class DataSpec(_Frozen):
+    """Where the data comes from and how it is split and scaled."""
+
+    source: Literal["sklearn", "idx", "csv"]
+    name: str | None = Field(default=None, description="sklearn dataset name")
+    path: str | None = Field(default=None, description="IDX directory or CSV file")
+    target: str | None = Field(default=None, description="CSV target column")
+    scaling: Scaling = "standard"
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    limit: int | None = Field(default=None, ge=10, description="use only the first N rows")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataSpec:
+        if self.source == "sklearn" and not self.name:
+            raise ValueError("source 'sklearn' needs 'name'")
+        if self.source in ("idx", "csv") and not self.path:
+            raise ValueError(f"source '{self.source}' needs 'path'")
+        if self.source == "csv" and not self.target:
+            raise ValueError("source 'csv' needs 'target' (the label column)")
+        return self
+
+
+class StudySpec(_Frozen):
+    """One study: its data, task, search space and search settings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: Task
+    data: DataSpec
+    seed: int = 0
+    sampler: Literal["tpe", "random", "gp", "qmc"] = "tpe"
+    # Optuna's benchmarks find Hyperband the best pruner for TPE (median for random search).
+    pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "hyperband"
+    nn: NNConfig = NNConfig()
+    # A worker that stops beating for grace_period seconds has its trial failed and retried.
+    heartbeat_interval: int = Field(default=30, ge=1)
+    grace_period: int = Field(default=120, ge=2)
+    max_retry: int = Field(default=2, ge=0, description="retries of a trial whose worker died")
+
+    @property
+    def nn_study_name(self) -> str:
+        return f"{self.name}-nn"
+
+
+def load_spec(path: str | Path) -> tuple[StudySpec, Path]:
+    """Read and validate a study spec; returns it with the folder that relative paths use.
+
+    Raises:
+        HpoError: naming the file, the key and what is wrong.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise HpoError(f"{path}: cannot read the study spec ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise HpoError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise HpoError(f"{path}: a study spec is a YAML mapping (name, task, data, ...)")
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as e:
+        raise HpoError(f"{path}: {_first_error(e)}") from None
+    return spec, path.resolve().parent
+
+
+def spec_hash(spec: StudySpec) -> str:
+    """A short stable hash of the validated spec, to tell runs of changed specs apart."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:12]
+
+
+def _first_error(error: ValidationError) -> str:
+    err = error.errors()[0]
+    loc = list(err["loc"])
+    # A list index at the end of the location is noise for pinned-or-list dimensions.
+    if loc and isinstance(loc[-1], int):
+        loc.pop()
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    if err["type"] in ("literal_error", "enum") and got is not None:
+        msg += f", got {got!r}"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{key}: {msg}{more}"

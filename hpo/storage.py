@@ -1,0 +1,144 @@
+"""Where studies live: an Optuna storage from a URL, and the artifact store beside it.
+
+One code path for every URL: SQLite by default (one machine), PostgreSQL or MySQL for many,
+``grpc://host:port`` for Optuna's storage proxy. Passwords never leave this module unmasked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from optuna.artifacts import FileSystemArtifactStore
+from sqlalchemy.engine import make_url
+
+from hpo.errors import HpoError
+
+DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
+DEFAULT_ARTIFACTS = "storage/artifacts"
+SQLITE_BUSY_TIMEOUT_S = 60  # writers wait this long for the lock instead of failing
+CONNECT_TIMEOUT_S = 5  # a wrong host fails within seconds, not minutes
+
+
+def storage_url(url: str | None = None) -> str:
+    """``--storage``, else ``HPO_STORAGE``, else the embedded SQLite default."""
+    return url or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+
+
+def artifacts_dir(path: str | None = None) -> Path:
+    return Path(path or os.environ.get("HPO_ARTIFACTS") or DEFAULT_ARTIFACTS)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def mask_text(text: str, url: str) -> str:
+    """Remove the password of ``url`` from a message (drivers like to echo it)."""
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    text = text.replace(url, mask_url(url))
+    return text.replace(str(password), "***") if password else text
+
+
+def open_storage(
+    url: str | None = None,
+    *,
+    must_exist: bool = False,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int = 0,
+) -> optuna.storages.BaseStorage:
+    """Open the storage at ``url``; with a heartbeat, stale trials fail and are retried.
+
+    Args:
+        must_exist: refuse a SQLite file that is not there yet (for read-only commands).
+
+    Raises:
+        HpoError: bad scheme, unreachable server, wrong credentials, missing file.
+    """
+    url = storage_url(url)
+    if url.startswith("grpc://"):
+        return _open_grpc(url)
+    try:
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise HpoError(f"not a storage URL: {mask_url(url)!r} (e.g. {DEFAULT_STORAGE})") from None
+    engine_kwargs: dict[str, object] = {}
+    if backend == "sqlite":
+        _prepare_sqlite(parsed.database, must_exist=must_exist)
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif backend == "postgresql":
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        engine_kwargs["pool_pre_ping"] = True
+    elif backend == "mysql":
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    retry = (
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        if heartbeat_interval
+        else None
+    )
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period if heartbeat_interval else None,
+            heartbeat_stale_trial_callback=retry,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise HpoError(f"cannot open storage {mask_url(url)}: {mask_text(reason, url)}") from None
+
+
+def _prepare_sqlite(database: str | None, *, must_exist: bool) -> None:
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    if must_exist and not path.exists():
+        raise HpoError(f"no database at {path} (run `hpo run` first, or pass --storage)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # WAL lets readers (the dashboard, `hpo status`) work while a run writes; it is a
+        # property of the file, so setting it once here covers every later connection.
+        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as e:
+        raise HpoError(f"cannot open SQLite database {path}: {e}") from None
+
+
+def _open_grpc(url: str) -> optuna.storages.BaseStorage:
+    match = re.fullmatch(r"grpc://([^:/]+):(\d+)/?", url)
+    if not match:
+        raise HpoError(f"not a storage URL: {url!r} (expected grpc://HOST:PORT)")
+    from optuna.storages import GrpcStorageProxy
+
+    return GrpcStorageProxy(host=match[1], port=int(match[2]))
+
+
+def open_artifacts(path: str | None = None) -> FileSystemArtifactStore:
+    """The artifact store: a directory, shared between machines for several workers."""
+    directory = artifacts_dir(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HpoError(f"cannot create artifact directory {directory}: {e.strerror}") from None
+    return FileSystemArtifactStore(str(directory))
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Load an existing study by its Optuna name, or fail with the names that exist."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        known = f"; studies here: {', '.join(names)}" if names else "; the storage has no studies"
+        raise HpoError(f"no study named {name!r}{known}") from None

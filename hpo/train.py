@@ -1,0 +1,171 @@
+"""Train one MLP from its spec: whole dataset on the device, shuffled index batches.
+
+Shaped like an objective: every setting is an argument and the result is the metric.
+No Optuna here; the caller's ``on_epoch`` reports and prunes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hpo.data import Dataset
+from hpo.model import MLPSpec, build_mlp
+
+EVAL_CHUNK = 16384  # rows per forward pass at evaluation; bounds memory on big splits
+
+
+class NonFiniteLoss(Exception):
+    """Training diverged (NaN or inf loss); the trial should end as pruned."""
+
+    def __init__(self, epoch: int, train_loss: float, val_loss: float) -> None:
+        super().__init__(f"non-finite loss at epoch {epoch} (train {train_loss}, val {val_loss})")
+        self.epoch = epoch
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # holds the weights of the best validation epoch
+    val_loss: float
+    metrics: dict[str, float]  # val_/test_ accuracy (classification) or rmse (regression)
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    device: str
+    history: list[float] = field(default_factory=list)  # validation loss per epoch
+
+
+def loss_function(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy for classes, binary cross-entropy for binary, MSE for regression."""
+    if task == "multiclass":
+        return nn.functional.cross_entropy
+
+    def on_single_output(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        return lambda out, y: fn(out.squeeze(-1), y)
+
+    if task == "binary":
+        return on_single_output(nn.functional.binary_cross_entropy_with_logits)
+    return on_single_output(nn.functional.mse_loss)
+
+
+def make_optimizer(spec: MLPSpec, model: nn.Module) -> torch.optim.Optimizer:
+    """The L2 penalty λ‖w‖² has gradient 2λw: that is coupled ``weight_decay = 2λ``,
+    applied to weight matrices only (biases, norm and PReLU parameters are not penalized)."""
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    groups = [
+        {"params": weights, "weight_decay": 2 * spec.l2},
+        {"params": others, "weight_decay": 0.0},
+    ]
+    lr = spec.learning_rate
+    match spec.optimizer:
+        case "sgd":
+            return torch.optim.SGD(groups, lr=lr)
+        case "momentum":
+            return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+        case "rmsprop":
+            return torch.optim.RMSprop(groups, lr=lr)
+        case "adam":
+            return torch.optim.Adam(groups, lr=lr)
+        case "nadam":
+            return torch.optim.NAdam(groups, lr=lr)
+        case "adagrad":
+            return torch.optim.Adagrad(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {spec.optimizer}")
+
+
+@torch.no_grad()
+def predict_raw(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Network outputs (logits, or standardized regression values) in eval mode."""
+    model.eval()
+    return torch.cat([model(x[i : i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
+
+
+def _evaluate(
+    task: str, out: torch.Tensor, y: torch.Tensor, y_std: float
+) -> dict[str, torch.Tensor]:
+    """Loss and metric as device tensors, so the caller syncs once."""
+    loss = loss_function(task)(out, y)
+    if task == "multiclass":
+        return {"loss": loss, "accuracy": (out.argmax(1) == y).float().mean()}
+    if task == "binary":
+        return {"loss": loss, "accuracy": ((out.squeeze(-1) > 0).float() == y).float().mean()}
+    return {"loss": loss, "rmse": loss.sqrt() * y_std}
+
+
+def train_mlp(
+    spec: MLPSpec,
+    data: Dataset,
+    *,
+    epochs: int,
+    patience: int,
+    seed: int = 0,
+    device: str | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train with early stopping on validation loss; returns the best epoch's model.
+
+    Raises:
+        NonFiniteLoss: when the training or validation loss stops being finite.
+    """
+    device = device or pick_device()
+    t = data.tensors(device)
+    x, y, n = t["train_x"], t["train_y"], len(t["train_x"])
+    torch.manual_seed(seed)  # weights and dropout masks
+    shuffle = torch.Generator(device=device).manual_seed(seed)
+    model = build_mlp(spec, data.n_features, data.n_outputs).to(device)
+    optimizer = make_optimizer(spec, model)
+    loss_fn = loss_function(data.task)
+    bs = spec.batch_size
+    # A last batch of one row is skipped: BatchNorm cannot train on it.
+    starts = range(0, n - 1, bs)
+
+    start_time = time.perf_counter()
+    best_loss, best_epoch, best_state = math.inf, -1, None
+    history: list[float] = []
+    epoch = 0
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, device=device, generator=shuffle)
+        running = torch.zeros((), device=device)
+        for s in starts:
+            idx = perm[s : s + bs]
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += loss.detach()
+        val = _evaluate(data.task, predict_raw(model, t["val_x"]), t["val_y"], data.y_std)
+        train_loss, val_loss = torch.stack(
+            [running / len(starts), val["loss"]]
+        ).tolist()  # one sync
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise NonFiniteLoss(epoch, train_loss, val_loss)
+        history.append(val_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, val_loss)
+        if val_loss < best_loss:
+            best_loss, best_epoch = val_loss, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    seconds = time.perf_counter() - start_time
+
+    metrics: dict[str, float] = {}
+    for part in ("val", "test"):
+        scores = _evaluate(
+            data.task, predict_raw(model, t[f"{part}_x"]), t[f"{part}_y"], data.y_std
+        )
+        metrics |= {f"{part}_{k}": float(v) for k, v in scores.items() if k != "loss"}
+    return TrainResult(model, best_loss, metrics, epoch + 1, best_epoch, seconds, device, history)
