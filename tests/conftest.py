@@ -1,0 +1,79 @@
+"""Shared fixtures: every test runs in its own folder with its own SQLite storage."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import Result
+from typer.testing import CliRunner
+
+# Two cores: one torch thread keeps tiny models fast and steady (set before torch loads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from hpo.cli import app  # noqa: E402
+
+# Digits with a small, fast search: a trial trains in well under a second on one core.
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "task": "multiclass",
+    "data": {"source": "sklearn", "name": "digits", "scaling": "standard"},
+    "seed": 0,
+    "nn": {
+        "trials": 4,
+        "epochs": 6,
+        "patience": 3,
+        "search_space": {
+            "depth": {"low": 1, "high": 2},
+            "width": {"low": 16, "high": 64, "log": True},
+            "batch_size": [64, 128],
+        },
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in a fresh folder so the default ``storage/`` is the test's own."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("HPO_STORAGE", "HPO_ARTIFACTS", "HPO_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[..., Path]:
+    """Write a spec (TINY_SPEC updated with ``changes``) and return its path."""
+
+    def write(changes: dict[str, Any] | None = None, *, name: str = "spec.yaml") -> Path:
+        spec = _merge(TINY_SPEC, changes or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli() -> Callable[..., Result]:
+    """Invoke ``hpo`` in-process; stdout and stderr are kept apart."""
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+        return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
