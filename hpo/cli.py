@@ -90,39 +90,25 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
     """Tune the study in SPEC: resume it and top it up to its trial count."""
-    from hpo.data import load_dataset
-    from hpo.nn_study import count_done, open_nn_study, run_nn_study
+    from hpo.runner import run_spec
     from hpo.spec import load_spec
-    from hpo.storage import open_artifacts
     from hpo.summary import trial_summary, trials_table
 
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
-    data = load_dataset(spec.data, spec.task, base_dir, spec.seed)  # before any write
-    store = open_storage(
-        storage,
-        heartbeat_interval=spec.heartbeat_interval,
-        grace_period=spec.grace_period,
-        max_retry=spec.max_retry,
-    )
-    artifact_store = open_artifacts(artifacts)
     target = spec.nn.trials if trials is None else trials
-    study = open_nn_study(spec, store, data)
-    err.print(
-        f"{spec.nn_study_name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/"
-        f"{len(data.test.y)} train/val/test rows, storage {mask_url(storage_url(storage))}",
-        highlight=False,
-    )
-    with _trial_progress(study.study_name, count_done(study), target, quiet) as on_trial:
-        study = run_nn_study(
+    err.print(f"{spec.nn_study_name}: storage {mask_url(storage_url(storage))}", highlight=False)
+    with _trial_progress(spec.nn_study_name, target, quiet) as on_trial:
+        result = run_spec(
             spec,
-            data,
-            store,
-            artifact_store,
-            n_trials=target,
-            timeout=timeout or spec.nn.timeout,
+            base_dir,
+            storage_url=storage,
+            artifacts_path=artifacts,
+            trials=trials,
+            timeout=timeout,
             on_trial=on_trial,
         )
+    study = result.nn_study
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         raise HpoError(f"{study.study_name}: no trial completed (all pruned or failed)")
     out.print(trials_table(study))
@@ -133,7 +119,7 @@ def run(
 class _trial_progress:
     """A Rich progress bar on stderr, advanced by an Optuna callback."""
 
-    def __init__(self, name: str, done: int, target: int, quiet: bool) -> None:
+    def __init__(self, name: str, target: int, quiet: bool) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -143,7 +129,7 @@ class _trial_progress:
             console=err,
             disable=quiet or not err.is_terminal,
         )
-        self.task = self.progress.add_task(name, total=target, completed=done, best="")
+        self.task = self.progress.add_task(name, total=target, best="")
 
     def __enter__(self) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
         self.progress.start()

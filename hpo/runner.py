@@ -1,0 +1,66 @@
+"""Run everything a study spec asks for, in order, against one storage.
+
+``hpo run`` and (later) ``hpo worker`` both come through here, so a worker on another
+machine does exactly what a local run does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from hpo.data import Dataset, load_dataset
+from hpo.nn_study import run_nn_study
+from hpo.spec import StudySpec
+from hpo.storage import open_artifacts, open_storage
+
+TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+@dataclass
+class RunResult:
+    nn_study: optuna.Study
+    data: Dataset
+
+
+def open_spec_storage(spec: StudySpec, storage_url: str | None) -> optuna.storages.BaseStorage:
+    """The storage with the spec's heartbeat and retry settings."""
+    return open_storage(
+        storage_url,
+        heartbeat_interval=spec.heartbeat_interval,
+        grace_period=spec.grace_period,
+        max_retry=spec.max_retry,
+    )
+
+
+def run_spec(
+    spec: StudySpec,
+    base_dir: Path,
+    *,
+    storage_url: str | None = None,
+    artifacts_path: str | None = None,
+    trials: int | None = None,
+    timeout: float | None = None,
+    on_trial: TrialCallback | None = None,
+) -> RunResult:
+    """Load the data, then tune the NN study up to its target.
+
+    Data and storage are opened before anything is written, so a bad path or URL leaves
+    the database untouched.
+    """
+    data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
+    storage = open_spec_storage(spec, storage_url)
+    artifacts = open_artifacts(artifacts_path)
+    nn_study = run_nn_study(
+        spec,
+        data,
+        storage,
+        artifacts,
+        n_trials=spec.nn.trials if trials is None else trials,
+        timeout=timeout or spec.nn.timeout,
+        on_trial=on_trial,
+    )
+    return RunResult(nn_study=nn_study, data=data)
