@@ -97,7 +97,6 @@ def run(
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
     target = spec.nn.trials if trials is None else trials
-    err.print(f"{spec.nn_study_name}: storage {mask_url(storage_url(storage))}", highlight=False)
     with _trial_progress(spec.nn_study_name, target, quiet) as on_trial:
         result = run_spec(
             spec,

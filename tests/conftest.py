@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 # Two cores: one torch thread keeps tiny models fast and steady (set before torch loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from hpo.cli import app  # noqa: E402
+from hpo.cli import app
 
 # Digits with a small, fast search: a trial trains in well under a second on one core.
 TINY_SPEC: dict[str, Any] = {

@@ -1,0 +1,132 @@
+"""Real studies on real SQLite storage, through the library."""
+
+from __future__ import annotations
+
+import optuna
+import torch
+from optuna.artifacts import download_artifact
+from optuna.trial import TrialState
+
+from hpo.data import load_dataset
+from hpo.model import MLPSpec, build_mlp
+from hpo.nn_study import run_nn_study
+from hpo.spec import NNSpace, load_spec
+from hpo.storage import open_artifacts, open_storage
+
+
+def _run(write_spec, changes, n_trials):
+    spec, base_dir = load_spec(write_spec(changes))
+    data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
+    study = run_nn_study(spec, data, open_storage(), open_artifacts(), n_trials=n_trials)
+    return spec, data, study
+
+
+def test_pruning_prunes(write_spec) -> None:
+    # Learning rates from hopeless to good: the median pruner stops the hopeless ones early.
+    changes = {
+        "pruner": "median",
+        "sampler": "random",
+        "nn": {
+            "epochs": 8,
+            "patience": 8,
+            "search_space": {
+                "learning_rate": {"low": 1e-6, "high": 1e-1, "log": True},
+                "optimizer": "sgd",
+            },
+        },
+    }
+    _, _, study = _run(write_spec, changes, 14)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, "no trial was pruned"
+    for trial in pruned:
+        assert trial.user_attrs["pruned_reason"].startswith("pruned by median at epoch")
+        assert len(trial.intermediate_values) == trial.user_attrs["epochs_run"] < 8
+
+
+def test_nan_blowup_is_pruned_with_reason_and_the_study_goes_on(write_spec) -> None:
+    space = {
+        "optimizer": "sgd",
+        "normalization": "none",
+        "learning_rate": {"low": 1e-3, "high": 1e6, "log": True},
+    }
+    # The first trial diverges at once; the second is sane and must still run and complete.
+    baselines = [{"learning_rate": 1e6}, {"learning_rate": 1e-2}]
+    changes = {"pruner": "none", "nn": {"search_space": space, "baselines": baselines}}
+    _, _, study = _run(write_spec, changes, 3)
+    first, second = study.trials[:2]
+    assert first.state == TrialState.PRUNED
+    assert first.user_attrs["pruned_reason"].startswith("non-finite loss at epoch ")
+    assert second.state == TrialState.COMPLETE
+    assert len(study.trials) == 3
+
+
+def test_finished_trials_carry_every_dimension_metrics_and_weights(write_spec) -> None:
+    _spec, data, study = _run(write_spec, {"pruner": "none"}, 3)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3
+    for trial in complete:
+        assert set(trial.params) == set(NNSpace.model_fields)
+        for key in (
+            "val_loss",
+            "val_accuracy",
+            "test_accuracy",
+            "epochs_run",
+            "train_seconds",
+            "device",
+        ):
+            assert key in trial.user_attrs
+        path = f"weights-{trial.number}.pt"
+        download_artifact(
+            artifact_store=open_artifacts(),
+            file_path=path,
+            artifact_id=trial.user_attrs["artifact_id"],
+        )
+        mlp = MLPSpec.from_dict(trial.user_attrs["mlp_spec"])
+        model = build_mlp(mlp, data.n_features, data.n_outputs)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+        with torch.no_grad():
+            x = torch.as_tensor(data.val.x)
+            accuracy = (model(x).argmax(1).numpy() == data.val.y).mean()
+        # The stored weights reproduce the stored metric.
+        assert abs(accuracy - trial.user_attrs["val_accuracy"]) < 1e-6
+
+
+def test_rerun_tops_up_to_the_target(write_spec) -> None:
+    _run(write_spec, {}, 3)
+    _, _, study = _run(write_spec, {}, 5)
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(done) == 5 and len(study.trials) == 5
+    _, _, study = _run(write_spec, {}, 5)  # already there: nothing more runs
+    assert len(study.trials) == 5
+
+
+def test_hand_built_baseline_runs_first_with_its_own_layers(write_spec) -> None:
+    layers = [
+        {
+            "width": 48,
+            "activation": "elu",
+            "initializer": "he_normal",
+            "normalization": "batchnorm_after",
+        },
+        {"width": 24, "activation": "selu", "initializer": "lecun_normal"},
+    ]
+    changes = {"nn": {"baselines": [{"layers": layers, "optimizer": "nadam", "batch_size": 64}]}}
+    _, _, study = _run(write_spec, changes, 2)
+    first = study.trials[0]
+    assert first.user_attrs["baseline"] is True
+    assert first.params["optimizer"] == "nadam" and first.params["depth"] == 2
+    assert (
+        first.user_attrs["architecture"]
+        == "48 elu he_normal batchnorm_after | 24 selu lecun_normal"
+    )
+    # Enqueued once: a rerun does not enqueue it again.
+    _, _, study = _run(write_spec, changes, 3)
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+
+
+def test_study_attrs_describe_the_study(write_spec) -> None:
+    _, _, _study = _run(write_spec, {}, 1)
+    loaded = optuna.load_study(study_name="tiny-nn", storage=open_storage())
+    assert loaded.user_attrs["dataset"] == "sklearn:digits"
+    assert loaded.user_attrs["task"] == "multiclass" and len(loaded.user_attrs["spec_hash"]) == 12

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpo.data import load_dataset
+from hpo.model import MLPSpec
+from hpo.spec import DataSpec
+from hpo.train import NonFiniteLoss, train_mlp
+
+PARAMS = {
+    "depth": 1,
+    "width": 32,
+    "activation": "relu",
+    "initializer": "he_normal",
+    "normalization": "batchnorm_after",
+    "dropout": 0.1,
+    "l2": 1e-5,
+    "learning_rate": 3e-3,
+    "optimizer": "adam",
+    "batch_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataSpec(source="sklearn", name="digits"), "multiclass", Path("."), 0)
+
+
+def test_training_learns_and_is_reproducible(digits) -> None:
+    spec = MLPSpec.from_params(PARAMS)
+    first = train_mlp(spec, digits, epochs=8, patience=3, seed=1, device="cpu")
+    second = train_mlp(spec, digits, epochs=8, patience=3, seed=1, device="cpu")
+    assert first.metrics["val_accuracy"] > 0.9
+    assert first.history == second.history and first.metrics == second.metrics
+    assert first.val_loss == min(first.history)  # the best epoch's model is the one returned
+
+
+def test_early_stopping_stops(digits) -> None:
+    # A learning rate this small barely moves, a patience of 1 ends it at the first stall;
+    # a large rate overfits quickly. Either way fewer epochs run than allowed.
+    spec = MLPSpec.from_params({**PARAMS, "learning_rate": 3e-2, "dropout": 0.0})
+    result = train_mlp(spec, digits, epochs=60, patience=1, device="cpu")
+    assert result.epochs_run < 60 and result.epochs_run == result.best_epoch + 2
+
+
+def test_divergence_raises_non_finite(digits) -> None:
+    spec = MLPSpec.from_params(
+        {**PARAMS, "optimizer": "sgd", "learning_rate": 1e6, "normalization": "none"}
+    )
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at epoch 0"):
+        train_mlp(spec, digits, epochs=5, patience=3, device="cpu")
+
+
+def test_each_task_trains() -> None:
+    for name, task, metric in (
+        ("diabetes", "regression", "val_rmse"),
+        ("breast_cancer", "binary", "val_accuracy"),
+    ):
+        data = load_dataset(DataSpec(source="sklearn", name=name), task, Path("."), 0)
+        result = train_mlp(MLPSpec.from_params(PARAMS), data, epochs=20, patience=5, device="cpu")
+        assert metric in result.metrics
+    assert result.metrics["val_accuracy"] > 0.9
