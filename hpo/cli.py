@@ -69,8 +69,9 @@ def user_errors(fn: F) -> F:
 
 
 def _quiet_optuna() -> None:
-    """Our own progress replaces Optuna's per-trial INFO lines and experimental notices."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    """Our own progress replaces Optuna's per-trial lines; a failing trial's exception is
+    re-raised by Optuna anyway, so its WARNING-level traceback would only say it twice."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").propagate = False
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -106,6 +107,7 @@ def run(
             trials=trials,
             timeout=timeout,
             on_trial=on_trial,
+            log=lambda message: err.print(message, highlight=False),
         )
     study = result.nn_study
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):

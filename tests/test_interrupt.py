@@ -1,0 +1,53 @@
+"""Ctrl-C in the middle of a run leaves the database consistent, and a rerun tops it up."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.storage import open_storage
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_sigint_mid_run_then_resume(write_spec, workdir: Path) -> None:
+    spec = write_spec({"pruner": "none", "nn": {"epochs": 40, "patience": 40}})
+    cmd = [sys.executable, "-m", "hpo", "run", str(spec), "--trials", "4", "--quiet"]
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    db = workdir / "storage" / "hpo.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a trial is being trained
+        if db.exists() and _states(db).get("RUNNING"):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Interrupted" in stderr and "Traceback" not in stderr
+    states = _states(db)
+    assert "RUNNING" not in states and states.get("FAIL") == 1  # the interrupted trial
+
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    states = _states(db)
+    assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 4
+
+
+def _states(db: Path) -> dict[str, int]:
+    storage = open_storage(f"sqlite:///{db}")
+    try:
+        study = optuna.load_study(study_name="tiny-nn", storage=storage)
+    except KeyError:
+        return {}
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
