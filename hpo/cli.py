@@ -35,7 +35,7 @@ app.add_typer(data_app, name="data")
 out = Console()
 if not out.is_terminal:  # piped or captured: no need to wrap tables at 80 columns
     out = Console(width=160)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # log lines are not wrapped at 80 columns
 
 F = TypeVar("F", bound=Callable[..., Any])
 
