@@ -102,6 +102,32 @@ def _evaluate(
     return {"loss": loss, "rmse": loss.sqrt() * y_std}
 
 
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One pass over shuffled index batches of device tensors; returns the mean loss as a
+    device tensor, so the caller decides when to synchronize."""
+    model.train()
+    n = len(x)
+    perm = torch.randperm(n, device=x.device, generator=generator)
+    running = torch.zeros((), device=x.device)
+    steps = range(0, n - 1, batch_size)  # a last batch of one row is skipped: BatchNorm needs 2
+    for s in steps:
+        idx = perm[s : s + batch_size]
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        running += loss.detach()
+    return running / len(steps)
+
+
 def train_mlp(
     spec: MLPSpec,
     data: Dataset,
@@ -119,35 +145,21 @@ def train_mlp(
     """
     device = device or pick_device()
     t = data.tensors(device)
-    x, y, n = t["train_x"], t["train_y"], len(t["train_x"])
+    x, y = t["train_x"], t["train_y"]
     torch.manual_seed(seed)  # weights and dropout masks
     shuffle = torch.Generator(device=device).manual_seed(seed)
     model = build_mlp(spec, data.n_features, data.n_outputs).to(device)
     optimizer = make_optimizer(spec, model)
     loss_fn = loss_function(data.task)
-    bs = spec.batch_size
-    # A last batch of one row is skipped: BatchNorm cannot train on it.
-    starts = range(0, n - 1, bs)
 
     start_time = time.perf_counter()
     best_loss, best_epoch, best_state = math.inf, -1, None
     history: list[float] = []
     epoch = 0
     for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(n, device=device, generator=shuffle)
-        running = torch.zeros((), device=device)
-        for s in starts:
-            idx = perm[s : s + bs]
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            running += loss.detach()
+        running = train_epoch(model, optimizer, loss_fn, x, y, spec.batch_size, shuffle)
         val = _evaluate(data.task, predict_raw(model, t["val_x"]), t["val_y"], data.y_std)
-        train_loss, val_loss = torch.stack(
-            [running / len(starts), val["loss"]]
-        ).tolist()  # one sync
+        train_loss, val_loss = torch.stack([running, val["loss"]]).tolist()  # one sync per epoch
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise NonFiniteLoss(epoch, train_loss, val_loss)
         history.append(val_loss)
