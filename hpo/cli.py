@@ -245,6 +245,35 @@ def best(
         out.print(f"  params: {summary['params']}")
 
 
+@app.command()
+@user_errors
+def dashboard(
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+) -> None:
+    """optuna-dashboard on the storage, with trial model files from the artifact store."""
+    from hpo.dashboard import serve_dashboard
+    from hpo.storage import artifacts_dir, open_artifacts
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    folder = artifacts_dir(artifacts)
+    if not folder.is_dir():
+        err.print(f"Warning: no artifact directory at {folder}; model files will not show.")
+    url_host = f"[{host}]" if ":" in host else host
+    err.print(
+        f"optuna-dashboard on http://{url_host}:{port}/dashboard "
+        f"(storage {mask_url(storage_url(storage))}, artifacts {folder}); Ctrl-C stops it.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    serve_dashboard(store, open_artifacts(artifacts), host=host, port=port)
+
+
 @data_app.command("fetch")
 @user_errors
 def data_fetch(

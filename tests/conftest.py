@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,7 @@ from typer.testing import CliRunner
 # Two cores: one torch thread keeps tiny models fast and steady (set before torch loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from hpo.cli import app  # noqa: E402
+from hpo.cli import app
 
 # Digits with a small, fast search: a trial trains in well under a second on one core.
 TINY_SPEC: dict[str, Any] = {
@@ -77,3 +82,49 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def hpo_env() -> dict[str, str]:
+    """The environment for ``python -m hpo`` in a subprocess: this checkout first."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path, hpo_env: dict[str, str]) -> Iterator[Callable[..., str]]:
+    """Start ``hpo dashboard`` in a subprocess on a free loopback port; returns its base URL.
+
+    The server is stopped at teardown; its stderr is in ``tmp_path / "dashboard.err"``.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with (tmp_path / "dashboard.err").open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hpo", "dashboard", "--port", str(port), *args],
+                env=hpo_env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "dashboard.err").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/api/meta", timeout=5):
+                    return url
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("hpo dashboard did not answer within 60 s")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=30)
