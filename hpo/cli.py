@@ -274,6 +274,26 @@ def dashboard(
     serve_dashboard(store, open_artifacts(artifacts), host=host, port=port)
 
 
+@app.command()
+@user_errors
+def report(
+    name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits) or a full study name")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="HTML file to write [default: NAME-report.html]")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """One self-contained HTML file with the plots of the study (and its ensemble)."""
+    from hpo.report import write_report
+    from hpo.storage import load_study
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    studies = [load_study(n, store) for n in _studies_for(name, store)]
+    path = write_report(studies, out_path or Path(f"{name}-report.html"), title=name)
+    out.print(str(path), highlight=False, soft_wrap=True)
+
+
 @data_app.command("fetch")
 @user_errors
 def data_fetch(

@@ -94,6 +94,23 @@ def hpo_env() -> dict[str, str]:
 
 
 @pytest.fixture
+def ensemble_leaderboard() -> dict[str, Any]:
+    """The leaderboard that the ensemble step stores in the NN study's user attr "ensemble"."""
+    return {
+        "method": "greedy",
+        "metric": "accuracy",
+        "rows": [
+            {"name": "nn#2", "kind": "nn", "trial": 2, "weight": 0.5, "val_loss": 0.21,
+             "val_metric": 0.941, "test_metric": 0.936},
+            {"name": "gbm#3", "kind": "gbm", "trial": 3, "weight": 0.5, "val_loss": 0.25,
+             "val_metric": 0.933, "test_metric": 0.947},
+            {"name": "ensemble (greedy)", "kind": "ensemble", "trial": None, "weight": None,
+             "val_loss": 0.18, "val_metric": 0.952, "test_metric": 0.958},
+        ],
+    }  # fmt: skip
+
+
+@pytest.fixture
 def dashboard(tmp_path: Path, hpo_env: dict[str, str]) -> Iterator[Callable[..., str]]:
     """Start ``hpo dashboard`` in a subprocess on a free loopback port; returns its base URL.
 
