@@ -246,6 +246,55 @@ def best(
         out.print(f"  params: {summary['params']}")
 
 
+@app.command()
+@user_errors
+def dashboard(
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+) -> None:
+    """optuna-dashboard on the storage, with trial model files from the artifact store."""
+    from hpo.dashboard import serve_dashboard
+    from hpo.storage import artifacts_dir, open_artifacts
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    folder = artifacts_dir(artifacts)
+    if not folder.is_dir():
+        err.print(f"Warning: no artifact directory at {folder}; model files will not show.")
+    url_host = f"[{host}]" if ":" in host else host
+    err.print(
+        f"optuna-dashboard on http://{url_host}:{port}/dashboard "
+        f"(storage {mask_url(storage_url(storage))}, artifacts {folder}); Ctrl-C stops it.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    serve_dashboard(store, open_artifacts(artifacts), host=host, port=port)
+
+
+@app.command()
+@user_errors
+def report(
+    name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits) or a full study name")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="HTML file to write [default: NAME-report.html]")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """One self-contained HTML file with the plots of the study (and its ensemble)."""
+    from hpo.report import write_report
+    from hpo.storage import load_study
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    studies = [load_study(n, store) for n in _studies_for(name, store)]
+    path = write_report(studies, out_path or Path(f"{name}-report.html"), title=name)
+    out.print(str(path), highlight=False, soft_wrap=True)
+
+
 @data_app.command("fetch")
 @user_errors
 def data_fetch(

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import optuna_dashboard
 import torch
+import yaml
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 
@@ -146,7 +148,8 @@ def open_nn_study(
 
 
 def describe_study(study: optuna.Study, spec: StudySpec, data: Dataset) -> None:
-    """Study user attrs: what a reader of the dashboard or ``hpo status`` needs to know."""
+    """Study user attrs and the dashboard note: what a reader of the dashboard or ``hpo status``
+    needs to know."""
     attrs = {
         "dataset": data.source,
         "task": spec.task,
@@ -159,6 +162,22 @@ def describe_study(study: optuna.Study, spec: StudySpec, data: Dataset) -> None:
     for key, value in attrs.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
+    note = spec_note(spec)
+    # Each save bumps the note's version in the study's system attrs: write only on change.
+    if optuna_dashboard.get_note(study) != note:
+        optuna_dashboard.save_note(study, note)
+
+
+def spec_note(spec: StudySpec) -> str:
+    """The dashboard note of a study: its spec as YAML (Markdown)."""
+    # Flow style for leaf ranges and lists reads like the YAML files in studies/.
+    text = yaml.safe_dump(
+        spec.model_dump(mode="json", exclude_none=True),
+        sort_keys=False,
+        default_flow_style=None,
+        width=100,
+    )
+    return f"## {spec.name}\n\nStudy spec (hash `{spec_hash(spec)}`):\n\n```yaml\n{text}```\n"
 
 
 def run_nn_study(

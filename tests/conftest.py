@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +82,66 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def hpo_env() -> dict[str, str]:
+    """The environment for ``python -m hpo`` in a subprocess: this checkout first."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.fixture
+def ensemble_leaderboard() -> dict[str, Any]:
+    """The leaderboard that the ensemble step stores in the NN study's user attr "ensemble"."""
+    return {
+        "method": "greedy",
+        "metric": "accuracy",
+        "rows": [
+            {"name": "nn#2", "kind": "nn", "trial": 2, "weight": 0.5, "val_loss": 0.21,
+             "val_metric": 0.941, "test_metric": 0.936},
+            {"name": "gbm#3", "kind": "gbm", "trial": 3, "weight": 0.5, "val_loss": 0.25,
+             "val_metric": 0.933, "test_metric": 0.947},
+            {"name": "ensemble (greedy)", "kind": "ensemble", "trial": None, "weight": None,
+             "val_loss": 0.18, "val_metric": 0.952, "test_metric": 0.958},
+        ],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path, hpo_env: dict[str, str]) -> Iterator[Callable[..., str]]:
+    """Start ``hpo dashboard`` in a subprocess on a free loopback port; returns its base URL.
+
+    The server is stopped at teardown; its stderr is in ``tmp_path / "dashboard.err"``.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with (tmp_path / "dashboard.err").open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hpo", "dashboard", "--port", str(port), *args],
+                env=hpo_env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "dashboard.err").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/api/meta", timeout=5):
+                    return url
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("hpo dashboard did not answer within 60 s")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,102 @@
+"""The dashboard and the report in a real headless browser: Debian's chromium via Playwright.
+
+Not skipped when chromium is missing: ``.ci/run`` installs it (``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from hpo.report import ENSEMBLE_ATTR
+from hpo.storage import open_storage
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless and offline: no sandbox (CI runs as root), no calls home.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "browser tests need Debian's chromium: apt-get install chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(30_000)
+    yield page
+    page.close()
+
+
+def test_dashboard_shows_the_study_and_its_trials(
+    cli: Callable[..., Any],
+    write_spec: Callable[..., Path],
+    dashboard: Callable[..., str],
+    page: Page,
+) -> None:
+    assert cli("run", write_spec(), "-q").exit_code == 0
+    n_trials = len(optuna.load_study(study_name="tiny-nn", storage=open_storage()).trials)
+    url = dashboard()
+
+    page.goto(f"{url}/dashboard")
+    card = page.get_by_text("tiny-nn")
+    expect(card).to_be_visible()
+    card.click()
+    expect(page).to_have_url(re.compile(r"/dashboard/studies/\d+$"))
+    # The study page: its name in the header, the study attrs the run wrote.
+    expect(page.get_by_text("tiny-nn (id=")).to_be_visible()
+    expect(page.get_by_text("sklearn:digits")).to_be_visible()
+
+    page.goto(f"{page.url}/trials")
+    expect(page.get_by_text(f"{n_trials} Trials", exact=True)).to_be_visible()
+    # The artifact store is attached: the first trial's model file is listed.
+    expect(page.get_by_text("nn-trial-0.pt")).to_be_visible()
+
+
+def test_report_opens_without_errors_and_shows_its_plots(
+    cli: Callable[..., Any],
+    write_spec: Callable[..., Path],
+    page: Page,
+    tmp_path: Path,
+    ensemble_leaderboard: dict[str, Any],
+) -> None:
+    assert cli("run", write_spec(), "-q").exit_code == 0
+    study = optuna.load_study(study_name="tiny-nn", storage=open_storage())
+    study.set_user_attr(ENSEMBLE_ATTR, ensemble_leaderboard)
+    assert cli("report", "tiny", "--out", "report.html").exit_code == 0
+
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((tmp_path / "report.html").as_uri())
+    expect(page.get_by_role("heading", name="hpo report: tiny")).to_be_visible()
+    # Five plots (ensemble, history, learning curves, importances, parallel coordinates),
+    # each drawn by plotly.js into an SVG.
+    graphs = page.locator(".plotly-graph-div")
+    expect(graphs).to_have_count(5)
+    expect(page.locator(".plotly-graph-div .main-svg").first).to_be_visible()
+    for i in range(5):
+        expect(graphs.nth(i).locator(".main-svg").first).to_be_attached()
+        assert graphs.nth(i).bounding_box()["height"] > 200  # type: ignore[index]
+    expect(page.get_by_text("ensemble (greedy)").first).to_be_visible()
+    assert errors == []
