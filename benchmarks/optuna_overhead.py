@@ -20,12 +20,14 @@ from pathlib import Path
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_result  # noqa: E402
+import itertools
 
-from hpo.nn_study import make_pruner, make_sampler  # noqa: E402
-from hpo.search_space import suggest  # noqa: E402
-from hpo.spec import load_spec  # noqa: E402
-from hpo.storage import mask_url, open_storage  # noqa: E402
+from _common import REPO, write_result
+
+from hpo.nn_study import make_pruner, make_sampler
+from hpo.search_space import suggest
+from hpo.spec import load_spec
+from hpo.storage import mask_url, open_storage
 
 EPOCHS = 30  # digits.yaml: one report per epoch
 
@@ -47,17 +49,22 @@ def fake_objective(space):  # type: ignore[no-untyped-def]
 
 def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
     spec, _ = load_spec(REPO / "studies" / "digits.yaml")
-    storage = open_storage(url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period)
+    storage = open_storage(
+        url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period
+    )
     study = optuna.create_study(
-        storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec, EPOCHS),
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec, EPOCHS),
         study_name=f"overhead-{time.time_ns()}",
     )
     stamps: list[float] = []
     study.optimize(
-        fake_objective(spec.nn.search_space), n_trials=trials,
+        fake_objective(spec.nn.search_space),
+        n_trials=trials,
         callbacks=[lambda s, t: stamps.append(time.perf_counter())],
     )
-    per_trial = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    per_trial = [b - a for a, b in itertools.pairwise(stamps)]
     out = {}
     for w in windows:  # the median of the 20 trials before the w-th finished one
         window = per_trial[max(0, w - 21) : w - 1]
@@ -75,8 +82,11 @@ def digits_median_trial_s() -> float:
     spec, base = load_spec(REPO / "studies" / "digits.yaml")
     data = load_dataset(spec.data, spec.task, base, spec.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=make_sampler(spec),
-                                    pruner=make_pruner(spec, spec.nn.epochs))
+        study = optuna.create_study(
+            storage=optuna.storages.InMemoryStorage(),
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec, spec.nn.epochs),
+        )
         study.optimize(NNObjective(spec, data, open_artifacts(tmp)), n_trials=20)
     durations = [t.duration.total_seconds() for t in study.trials if t.duration]
     return statistics.median(durations)
@@ -93,12 +103,19 @@ def main() -> None:
     print(f"digits median trial: {trial_s * 1000:.0f} ms")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, url in (("sqlite", f"sqlite:///{tmp}/overhead.db"), ("postgresql", args.postgres)):
+        for name, url in (
+            ("sqlite", f"sqlite:///{tmp}/overhead.db"),
+            ("postgresql", args.postgres),
+        ):
             row = {"storage": name, "url": mask_url(url), **measure(url, args.trials, windows)}
-            row["fraction_of_digits_trial_at_max"] = round(row[f"ms_per_trial_at_{args.trials}"] / 1000 / trial_s, 4)
+            row["fraction_of_digits_trial_at_max"] = round(
+                row[f"ms_per_trial_at_{args.trials}"] / 1000 / trial_s, 4
+            )
             print(row)
             rows.append(row)
-    write_result("optuna_overhead", {"digits_median_trial_ms": round(trial_s * 1000, 1), "rows": rows})
+    write_result(
+        "optuna_overhead", {"digits_median_trial_ms": round(trial_s * 1000, 1), "rows": rows}
+    )
 
 
 if __name__ == "__main__":

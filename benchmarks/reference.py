@@ -31,13 +31,21 @@ class ImageItems(torch.utils.data.Dataset):
 def course_model() -> nn.Sequential:
     """784-256-BN-128-128-10: the course's Fashion-MNIST network, log-softmax output."""
     return nn.Sequential(
-        nn.Linear(784, 256), nn.ELU(), nn.BatchNorm1d(256),
-        nn.Linear(256, 128), nn.SELU(), nn.Linear(128, 128), nn.SELU(),
-        nn.Linear(128, 10), nn.LogSoftmax(dim=1),
+        nn.Linear(784, 256),
+        nn.ELU(),
+        nn.BatchNorm1d(256),
+        nn.Linear(256, 128),
+        nn.SELU(),
+        nn.Linear(128, 128),
+        nn.SELU(),
+        nn.Linear(128, 10),
+        nn.LogSoftmax(dim=1),
     )
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, device: str) -> None:
+def train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, device: str
+) -> None:
     model.train()
     for data, target in loader:
         data, target = data.to(device), target.to(device)

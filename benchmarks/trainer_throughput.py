@@ -14,23 +14,29 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FASHION, write_result  # noqa: E402
-from reference import ImageItems, course_model  # noqa: E402
-from reference import train_epoch as reference_epoch  # noqa: E402
+import itertools
 
-from hpo.data import load_dataset  # noqa: E402
-from hpo.idx import read_idx  # noqa: E402
-from hpo.model import MLPSpec, build_mlp  # noqa: E402
-from hpo.spec import DataSpec  # noqa: E402
-from hpo.train import loss_function, make_optimizer, train_epoch  # noqa: E402
+from _common import FASHION, write_result
+from reference import ImageItems, course_model
+from reference import train_epoch as reference_epoch
+
+from hpo.data import load_dataset
+from hpo.idx import read_idx
+from hpo.model import MLPSpec, build_mlp
+from hpo.spec import DataSpec
+from hpo.train import loss_function, make_optimizer, train_epoch
 
 COURSE_LAYERS = [
-    {"width": 256, "activation": "elu", "initializer": "he_normal", "normalization": "batchnorm_after"},
+    {
+        "width": 256,
+        "activation": "elu",
+        "initializer": "he_normal",
+        "normalization": "batchnorm_after",
+    },
     {"width": 128, "activation": "selu", "initializer": "lecun_normal", "normalization": "none"},
     {"width": 128, "activation": "selu", "initializer": "lecun_normal", "normalization": "none"},
 ]
@@ -40,7 +46,7 @@ WIDTHS = [784, 256, 128, 128, 10]
 def train_flops_per_sample() -> int:
     """Matmul FLOPs: forward 2·in·out per layer; backward 2·in·out for the weight gradient
     plus 2·in·out for the input gradient (not needed for the first layer)."""
-    pairs = list(zip(WIDTHS[:-1], WIDTHS[1:], strict=True))
+    pairs = list(itertools.pairwise(WIDTHS))
     forward = sum(2 * i * o for i, o in pairs)
     backward = sum(2 * i * o for i, o in pairs) + sum(2 * i * o for i, o in pairs[1:])
     return forward + backward
@@ -66,11 +72,19 @@ def _sync(device: str) -> None:
 def time_hpo(batch: int, device: str, repeats: int) -> float:
     data = load_dataset(
         DataSpec(source="idx", path=str(FASHION), scaling="minmax", validation_fraction=0.1),
-        "multiclass", Path("."), 0,
+        "multiclass",
+        Path("."),
+        0,
     )
     t = data.tensors(device)
     spec = MLPSpec.from_params(
-        {"dropout": 0.0, "l2": 0.0, "learning_rate": 1e-3, "optimizer": "nadam", "batch_size": batch},
+        {
+            "dropout": 0.0,
+            "l2": 0.0,
+            "learning_rate": 1e-3,
+            "optimizer": "nadam",
+            "batch_size": batch,
+        },
         layers=COURSE_LAYERS,
     )
     model = build_mlp(spec, 784, 10).to(device)
@@ -129,8 +143,14 @@ def main() -> None:
         results.append(row)
     write_result(
         "trainer_throughput",
-        {"device": device, "matmul_gflops": round(peak, 1), "train_gflop_per_epoch": round(flops_epoch / 1e9, 2),
-         "rows_per_epoch": rows, "model": "784-256(elu,BN)-128(selu)-128(selu)-10, Nadam", "rows": results},
+        {
+            "device": device,
+            "matmul_gflops": round(peak, 1),
+            "train_gflop_per_epoch": round(flops_epoch / 1e9, 2),
+            "rows_per_epoch": rows,
+            "model": "784-256(elu,BN)-128(selu)-128(selu)-10, Nadam",
+            "rows": results,
+        },
     )
 
 

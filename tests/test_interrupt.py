@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 
 from hpo.storage import open_storage
 
