@@ -64,3 +64,43 @@ def accuracy(model: nn.Module, loader: DataLoader, device: str) -> float:
         correct += int((model(data).argmax(1) == target).sum())
         total += len(target)
     return correct / total
+
+
+def reference_objective(
+    space_suggest,
+    build_model,
+    train_loader,
+    valid_loader,
+    test_loader,  # type: ignore[no-untyped-def]
+    device: str,
+    epochs: int,
+):
+    """The official example's objective: suggest, train per epoch over the DataLoader,
+    report validation accuracy, prune with the study's pruner, return the accuracy."""
+
+    def objective(trial):  # type: ignore[no-untyped-def]
+        params = space_suggest(trial)
+        model = build_model(params).to(device)
+        optimizer = {
+            "sgd": lambda p: torch.optim.SGD(p, lr=params["learning_rate"]),
+            "momentum": lambda p: torch.optim.SGD(p, lr=params["learning_rate"], momentum=0.9),
+            "rmsprop": lambda p: torch.optim.RMSprop(p, lr=params["learning_rate"]),
+            "adam": lambda p: torch.optim.Adam(p, lr=params["learning_rate"]),
+            "nadam": lambda p: torch.optim.NAdam(p, lr=params["learning_rate"]),
+            "adagrad": lambda p: torch.optim.Adagrad(p, lr=params["learning_rate"]),
+        }[params["optimizer"]](model.parameters())
+        loaders = train_loader(params["batch_size"])
+        best = 0.0
+        for epoch in range(epochs):
+            train_epoch(model, optimizer, loaders, device)
+            val_accuracy = accuracy(model, valid_loader, device)
+            best = max(best, val_accuracy)
+            trial.report(val_accuracy, epoch)
+            if trial.should_prune():
+                import optuna
+
+                raise optuna.TrialPruned()
+        trial.set_user_attr("test_accuracy", accuracy(model, test_loader, device))
+        return val_accuracy
+
+    return objective

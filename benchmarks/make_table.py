@@ -1,0 +1,100 @@
+"""Print the README's results table (Markdown) from ``benchmarks/results/*.json``.
+
+python benchmarks/make_table.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _machine(m: dict[str, Any]) -> str:
+    gpu = f", {m['gpu']}" if m.get("gpu") else ""
+    return f"{m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']}, {m['date']}"
+
+
+def trainer_throughput(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Trainer throughput** (`python benchmarks/trainer_throughput.py`; {r['model']}; "
+        f"{r['rows_per_epoch']} rows per epoch; measured fp32 matmul rate "
+        f"{r['matmul_gflops']} GFLOP/s; {r['device']})",
+        "",
+        "| batch | hpo epoch (s) | reference epoch (s) | speed-up | hpo GFLOP/s | of matmul rate |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['batch']} | {row['hpo_epoch_s']} | {row['reference_epoch_s']} | "
+            f"{row['speedup']}x | {row['hpo_gflops']} | {row['hpo_fraction_of_matmul']:.0%} |"
+        )
+    return lines
+
+
+def optuna_overhead(r: dict[str, Any]) -> list[str]:
+    keys = [k for k in r["rows"][0] if k.startswith("ms_per_trial_at_")]
+    head = " | ".join(f"ms/trial at {k.rsplit('_', 1)[1]}" for k in keys)
+    lines = [
+        f"**Optuna overhead** (`python benchmarks/optuna_overhead.py`; sampler + storage per "
+        f"trial, no training; digits median trial {r['digits_median_trial_ms']} ms)",
+        "",
+        f"| storage | {head} | share of a digits trial (at the last) |",
+        "|---|" + "---:|" * (len(keys) + 1),
+    ]
+    for row in r["rows"]:
+        cells = " | ".join(str(row[k]) for k in keys)
+        lines.append(
+            f"| {row['storage']} | {cells} | {row['fraction_of_digits_trial_at_max']:.1%} |"
+        )
+    return lines
+
+
+def search_efficiency(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Search efficiency** (`python benchmarks/search_efficiency.py --budget {r['budget_s']:g}`; "
+        f"Fashion-MNIST, {r['epochs']} epochs per trial, same space, {r['budget_s']:g} s each)",
+        "",
+        "| search | complete | pruned | best val acc | its test acc | s to 0.88 val |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['search']} | {row['trials_complete']} | {row['trials_pruned']} | "
+            f"{row['best_val_accuracy']} | {row['test_accuracy_of_best']} | "
+            f"{row['seconds_to_0.88_val'] or 'not reached'} |"
+        )
+    return lines
+
+
+def generic(r: dict[str, Any]) -> list[str]:
+    """Any other result: its rows as a table, keys as columns."""
+    rows = r.get("rows", [])
+    if not rows:
+        return []
+    keys = list(rows[0])
+    lines = [f"**{r['benchmark']}** (`python benchmarks/{r['benchmark']}.py`)", ""]
+    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in rows]
+    return lines
+
+
+FORMATS = {
+    "trainer_throughput": trainer_throughput,
+    "optuna_overhead": optuna_overhead,
+    "search_efficiency": search_efficiency,
+}
+
+
+def main() -> None:
+    for path in sorted(RESULTS.glob("*.json")):
+        result = json.loads(path.read_text())
+        lines = FORMATS.get(result["benchmark"], generic)(result)
+        print("\n".join(lines))
+        print(f"\n_Machine: {_machine(result['machine'])}._\n")
+
+
+if __name__ == "__main__":
+    main()
