@@ -55,7 +55,8 @@ def optuna_overhead(r: dict[str, Any]) -> list[str]:
 def search_efficiency(r: dict[str, Any]) -> list[str]:
     lines = [
         "**Search efficiency** "
-        f"(`python benchmarks/search_efficiency.py --budget {r['budget_s']:g}`; Fashion-MNIST, {r['epochs']} epochs per trial, same space, {r['budget_s']:g} s each)",
+        f"(`python benchmarks/search_efficiency.py --budget {r['budget_s']:g}`; "
+        f"Fashion-MNIST, {r['epochs']} epochs per trial, same space, {r['budget_s']:g} s each)",
         "",
         "| search | complete | pruned | best val acc | its test acc | s to 0.88 val |",
         "|---|---:|---:|---:|---:|---:|",
