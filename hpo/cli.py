@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpo.errors import HpoError
-from hpo.storage import mask_url, open_storage, storage_url
+from hpo.storage import mask_url, open_artifacts, open_storage, storage_url
 
 app = typer.Typer(
     help="Hyperparameter optimization for PyTorch MLPs and XGBoost, on Optuna.",
@@ -89,16 +89,19 @@ def run(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
-    """Tune the study in SPEC: resume it and top it up to its trial count."""
+    """Tune the NN and GBM studies of SPEC (resumed and topped up), then build the ensemble."""
     from hpo.runner import run_spec
     from hpo.spec import load_spec
-    from hpo.summary import trial_summary, trials_table
+    from hpo.summary import leaderboard_table, trials_table
 
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
-    target = spec.nn.trials if trials is None else trials
-    err.print(f"{spec.nn_study_name}: storage {mask_url(storage_url(storage))}", highlight=False)
-    with _trial_progress(spec.nn_study_name, target, quiet) as on_trial:
+    targets = {
+        spec.nn_study_name: spec.nn.trials if trials is None else trials,
+        spec.gbm_study_name: spec.gbm.trials if trials is None else trials,
+    }
+    err.print(f"{spec.name}: storage {mask_url(storage_url(storage))}", highlight=False)
+    with _trial_progress(targets, quiet) as on_trial:
         result = run_spec(
             spec,
             base_dir,
@@ -108,18 +111,16 @@ def run(
             timeout=timeout,
             on_trial=on_trial,
         )
-    study = result.nn_study
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        raise HpoError(f"{study.study_name}: no trial completed (all pruned or failed)")
-    out.print(trials_table(study))
-    best = trial_summary(study.best_trial)
-    out.print(f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}")
+    for study in (result.nn_study, result.gbm_study):
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            out.print(trials_table(study))
+    out.print(leaderboard_table(spec.name, result.leaderboard))
 
 
 class _trial_progress:
-    """A Rich progress bar on stderr, advanced by an Optuna callback."""
+    """Rich progress bars on stderr, one per study, advanced by an Optuna callback."""
 
-    def __init__(self, name: str, target: int, quiet: bool) -> None:
+    def __init__(self, targets: dict[str, int], quiet: bool) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -129,7 +130,10 @@ class _trial_progress:
             console=err,
             disable=quiet or not err.is_terminal,
         )
-        self.task = self.progress.add_task(name, total=target, best="")
+        self.tasks = {
+            name: self.progress.add_task(name, total=target, best="")
+            for name, target in targets.items()
+        }
 
     def __enter__(self) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
         self.progress.start()
@@ -145,11 +149,16 @@ class _trial_progress:
             best = f"best {study.best_value:.4f}"
         except ValueError:
             best = ""
-        self.progress.update(self.task, completed=count_done(study), best=best)
+        if study.study_name in self.tasks:
+            self.progress.update(
+                self.tasks[study.study_name], completed=count_done(study), best=best
+            )
         if not self.progress.live.is_started or self.progress.disable:
             state = trial.state.name.lower()
             value = f" {trial.value:.4f}" if trial.value is not None else ""
-            err.print(f"trial {trial.number} {state}{value} {best}", highlight=False)
+            err.print(
+                f"{study.study_name} trial {trial.number} {state}{value} {best}", highlight=False
+            )
 
 
 def _studies_for(name: str, store: optuna.storages.BaseStorage) -> list[str]:
@@ -243,6 +252,44 @@ def best(
         out.print(f"  metrics: {summary['metrics']}")
         out.print(f"  architecture: {summary['architecture']}")
         out.print(f"  params: {summary['params']}")
+
+
+@app.command()
+@user_errors
+def ensemble(
+    name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits)")],
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    method: Annotated[
+        str | None, typer.Option(help="average or greedy (the one export writes)")
+    ] = None,
+    nn_members: Annotated[int | None, typer.Option(help="Best NN trials to use")] = None,
+    gbm_members: Annotated[int | None, typer.Option(help="Best GBM trials to use")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """Build the ensemble from the best saved trials, store and show its leaderboard."""
+    from hpo.ensemble import build_ensemble, ensemble_config, open_stored, store_leaderboard
+    from hpo.summary import leaderboard_table
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    stored = open_stored(name, store)
+    config = ensemble_config(
+        stored.spec, method=method, nn_members=nn_members, gbm_members=gbm_members
+    )
+    report = build_ensemble(
+        stored.spec.name,
+        stored.nn_study,
+        stored.gbm_study,
+        stored.data,
+        config,
+        open_artifacts(artifacts),
+    )
+    store_leaderboard(stored.nn_study, report.leaderboard)
+    if as_json:
+        sys.stdout.write(json.dumps(report.leaderboard, indent=2) + "\n")
+        return
+    out.print(leaderboard_table(stored.spec.name, report.leaderboard))
 
 
 @data_app.command("fetch")
