@@ -292,6 +292,78 @@ def ensemble(
     out.print(leaderboard_table(stored.spec.name, report.leaderboard))
 
 
+@app.command()
+@user_errors
+def export(
+    name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write")],
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle at --out")] = False,
+) -> None:
+    """Write the study's ensemble (the spec's method) as a self-contained bundle."""
+    from hpo.bundle import check_out_dir, export_bundle, target_name
+    from hpo.ensemble import build_ensemble, open_stored, store_leaderboard
+
+    _quiet_optuna()
+    check_out_dir(out_dir, force=force)
+    store = open_storage(storage, must_exist=True)
+    stored = open_stored(name, store)
+    report = build_ensemble(
+        stored.spec.name,
+        stored.nn_study,
+        stored.gbm_study,
+        stored.data,
+        stored.spec.ensemble,
+        open_artifacts(artifacts),
+    )
+    store_leaderboard(stored.nn_study, report.leaderboard)
+    manifest = export_bundle(
+        report, stored.data, out_dir, force=force, target=target_name(stored.spec.data)
+    )
+    row = next(r for r in report.leaderboard["rows"] if r["name"] == f"ensemble ({report.method})")
+    err.print(
+        f"{stored.spec.name}: {report.method} ensemble of {len(manifest.members)} members, "
+        f"test {manifest.metric} {row['test_metric']:.4f}",
+        highlight=False,
+    )
+    out.print(str(out_dir), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def predict(
+    bundle: Annotated[Path, typer.Argument(metavar="DIR", help="Bundle directory (hpo export)")],
+    input_path: Annotated[
+        Path, typer.Option("--input", help="Raw features: .csv (with header), .npy or IDX")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", help="CSV to write [default: stdout]")
+    ] = None,
+    proba: Annotated[
+        bool, typer.Option("--proba", help="Add one probability column per class")
+    ] = False,
+) -> None:
+    """Predict with an exported bundle alone: no database, no artifact store."""
+    from hpo.estimator import EnsembleClassifier, load_ensemble
+    from hpo.predict_files import predictions_csv, read_features, write_text
+
+    model = load_ensemble(bundle)
+    manifest = model.manifest_
+    if proba and not isinstance(model, EnsembleClassifier):
+        raise HpoError("--proba needs a classification bundle; this one is regression")
+    x = read_features(input_path, feature_names=manifest.feature_names, target=manifest.target.name)
+    if isinstance(model, EnsembleClassifier):
+        probabilities = model.predict_proba(x)
+        labels = model.classes_[probabilities.argmax(axis=1)]
+        text = predictions_csv(
+            labels, probabilities=probabilities if proba else None, classes=manifest.classes
+        )
+    else:
+        text = predictions_csv(model.predict(x), probabilities=None, classes=None)
+    write_text(text, output)
+
+
 @data_app.command("fetch")
 @user_errors
 def data_fetch(
