@@ -7,7 +7,6 @@ flattened). Early stopping watches the validation loss, and so does the pruner, 
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,26 +52,31 @@ def xgb_device() -> str:
     return "cpu"
 
 
-def all_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def xgb_params(
-    params: dict[str, Any], data: Dataset, *, seed: int, device: str, n_jobs: int | None = None
+    params: dict[str, Any],
+    data: Dataset,
+    *,
+    seed: int,
+    device: str,
+    n_jobs: int | None = None,
+    max_bin: int = 256,
 ) -> dict[str, Any]:
     """Booster parameters for one trial's suggestions (``n_estimators`` is the round budget)."""
     booster: dict[str, Any] = {
         "objective": OBJECTIVE[data.task],
         "eval_metric": EVAL_METRIC[data.task],
         "tree_method": "hist",
+        "max_bin": max_bin,
         "device": device,
-        "nthread": n_jobs or all_cores(),
         "seed": seed,
         "verbosity": 0,
         **{k: v for k, v in params.items() if k != "n_estimators"},
     }
     if data.task == "multiclass":
         booster["num_class"] = len(data.classes or [])
+    if n_jobs is not None:
+        # Unset, XGBoost takes every core OpenMP offers (OMP_NUM_THREADS, like torch).
+        booster["nthread"] = n_jobs
     return booster
 
 
@@ -99,13 +103,18 @@ class GBMObjective:
         self.spec, self.data, self.artifacts = spec, data, artifacts
         self.device = device or xgb_device()
         # Binned once per process and reused by every trial (hist needs quantiles only once).
-        self.dtrain = xgb.QuantileDMatrix(data.train.x, data.train.y)
+        self.dtrain = xgb.QuantileDMatrix(data.train.x, data.train.y, max_bin=spec.gbm.max_bin)
         self.dval = xgb.DMatrix(data.val.x, data.val.y)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec.gbm.search_space)
         booster_params = xgb_params(
-            params, self.data, seed=self.spec.seed, device=self.device, n_jobs=self.spec.gbm.n_jobs
+            params,
+            self.data,
+            seed=self.spec.seed,
+            device=self.device,
+            n_jobs=self.spec.gbm.n_jobs,
+            max_bin=self.spec.gbm.max_bin,
         )
         trial.set_user_attr("device", self.device)
         observed = f"validation-{EVAL_METRIC[self.data.task]}"

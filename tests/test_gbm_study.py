@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from hpo.data import load_dataset
 from hpo.ensemble import load_gbm_member
 from hpo.errors import HpoError
-from hpo.gbm_study import GBMObjective, baseline_params, run_gbm_study
+from hpo.gbm_study import GBMObjective, baseline_params, run_gbm_study, xgb_params
 from hpo.members import metric
 from hpo.spec import GBMSpace, StudySpec, load_spec
 from hpo.storage import open_artifacts, open_storage
@@ -112,3 +112,14 @@ def test_bad_gbm_and_ensemble_settings_are_one_clear_error(
     with pytest.raises(HpoError, match=r".*") as e:
         load_spec(write_spec(changes))
     assert message in str(e.value)
+
+
+def test_threads_are_left_to_openmp_unless_pinned(workdir: Path) -> None:
+    spec = _spec()
+    data = load_dataset(spec.data, spec.task, workdir, spec.seed)
+    params = {"max_depth": 3, "learning_rate": 0.1, "n_estimators": 10}
+    unpinned = xgb_params(params, data, seed=0, device="cpu")
+    assert "nthread" not in unpinned  # all cores, or OMP_NUM_THREADS
+    assert "n_estimators" not in unpinned and unpinned["num_class"] == 10
+    pinned = xgb_params(params, data, seed=0, device="cpu", n_jobs=3, max_bin=32)
+    assert pinned["nthread"] == 3 and pinned["max_bin"] == 32
