@@ -92,7 +92,7 @@ def run(
     """Tune the NN and GBM studies of SPEC (resumed and topped up), then build the ensemble."""
     from hpo.runner import run_spec
     from hpo.spec import load_spec
-    from hpo.summary import leaderboard_table, trials_table
+    from hpo.summary import leaderboard_table, trial_summary, trials_table
 
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
@@ -114,6 +114,10 @@ def run(
     for study in (result.nn_study, result.gbm_study):
         if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             out.print(trials_table(study))
+            best = trial_summary(study.best_trial)
+            out.print(
+                f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}"
+            )
     out.print(leaderboard_table(spec.name, result.leaderboard))
 
 
