@@ -258,6 +258,7 @@ def _write_dir(out: Path, files: dict[str, bytes]) -> None:
     try:
         for name, raw in files.items():
             (tmp / name).write_bytes(raw)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         if out.is_dir() and any(out.iterdir()):
             # --force on an existing bundle: move it aside, put the new one in, then delete.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))

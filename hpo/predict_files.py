@@ -105,6 +105,7 @@ def write_text(text: str, output: Path | None) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an output file is not a secret
         os.replace(tmp, output)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)

@@ -100,6 +100,7 @@ def test_bundle_has_a_manifest_and_one_file_per_member(tuned: Tuned) -> None:
     assert manifest["n_features"] == 64 == len(manifest["feature_names"])
     assert manifest["scaler"]["kind"] == "standard" and len(manifest["scaler"]["offset"]) == 64
     assert {"torch", "xgboost", "numpy", "safetensors", "hpo"} <= set(manifest["versions"])
+    assert tuned.bundle.stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0o700
     files = {p.name for p in tuned.bundle.iterdir()}
     assert files == {"manifest.json", *manifest["files"]}
     assert sum(m["weight"] for m in manifest["members"]) == pytest.approx(1.0)
