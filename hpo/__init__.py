@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from hpo.errors import HpoError
 
+if TYPE_CHECKING:
+    from hpo.estimator import load_ensemble
+
 __version__ = "0.1.0"
-__all__ = ["HpoError", "__version__"]
+__all__ = ["HpoError", "__version__", "load_ensemble"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: `import hpo` (and the CLI) should not pay for torch and xgboost.
+    if name == "load_ensemble":
+        from hpo.estimator import load_ensemble
+
+        return load_ensemble
+    raise AttributeError(f"module 'hpo' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpo.errors import HpoError
-from hpo.storage import mask_url, open_storage, storage_url
+from hpo.storage import mask_url, open_artifacts, open_storage, storage_url
 
 app = typer.Typer(
     help="Hyperparameter optimization for PyTorch MLPs and XGBoost, on Optuna.",
@@ -90,15 +90,18 @@ def run(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
-    """Tune the study in SPEC: resume it and top it up to its trial count."""
+    """Tune the NN and GBM studies of SPEC (resumed and topped up), then build the ensemble."""
     from hpo.runner import run_spec
     from hpo.spec import load_spec
-    from hpo.summary import trial_summary, trials_table
+    from hpo.summary import leaderboard_table, trial_summary, trials_table
 
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
-    target = spec.nn.trials if trials is None else trials
-    with _trial_progress(spec.nn_study_name, target, quiet) as on_trial:
+    targets = {
+        spec.nn_study_name: spec.nn.trials if trials is None else trials,
+        spec.gbm_study_name: spec.gbm.trials if trials is None else trials,
+    }
+    with _trial_progress(targets, quiet) as on_trial:
         result = run_spec(
             spec,
             base_dir,
@@ -109,18 +112,20 @@ def run(
             on_trial=on_trial,
             log=lambda message: err.print(message, highlight=False),
         )
-    study = result.nn_study
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        raise HpoError(f"{study.study_name}: no trial completed (all pruned or failed)")
-    out.print(trials_table(study))
-    best = trial_summary(study.best_trial)
-    out.print(f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}")
+    for study in (result.nn_study, result.gbm_study):
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            out.print(trials_table(study))
+            best = trial_summary(study.best_trial)
+            out.print(
+                f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}"
+            )
+    out.print(leaderboard_table(spec.name, result.leaderboard))
 
 
 class _trial_progress:
-    """A Rich progress bar on stderr, advanced by an Optuna callback."""
+    """Rich progress bars on stderr, one per study, advanced by an Optuna callback."""
 
-    def __init__(self, name: str, target: int, quiet: bool) -> None:
+    def __init__(self, targets: dict[str, int], quiet: bool) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -130,7 +135,10 @@ class _trial_progress:
             console=err,
             disable=quiet or not err.is_terminal,
         )
-        self.task = self.progress.add_task(name, total=target, best="")
+        self.tasks = {
+            name: self.progress.add_task(name, total=target, best="")
+            for name, target in targets.items()
+        }
 
     def __enter__(self) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
         self.progress.start()
@@ -146,11 +154,16 @@ class _trial_progress:
             best = f"best {study.best_value:.4f}"
         except ValueError:
             best = ""
-        self.progress.update(self.task, completed=count_done(study), best=best)
+        if study.study_name in self.tasks:
+            self.progress.update(
+                self.tasks[study.study_name], completed=count_done(study), best=best
+            )
         if not self.progress.live.is_started or self.progress.disable:
             state = trial.state.name.lower()
             value = f" {trial.value:.4f}" if trial.value is not None else ""
-            err.print(f"trial {trial.number} {state}{value} {best}", highlight=False)
+            err.print(
+                f"{study.study_name} trial {trial.number} {state}{value} {best}", highlight=False
+            )
 
 
 def _studies_for(name: str, store: optuna.storages.BaseStorage) -> list[str]:
@@ -277,6 +290,44 @@ def dashboard(
 
 @app.command()
 @user_errors
+def ensemble(
+    name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits)")],
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    method: Annotated[
+        str | None, typer.Option(help="average or greedy (the one export writes)")
+    ] = None,
+    nn_members: Annotated[int | None, typer.Option(help="Best NN trials to use")] = None,
+    gbm_members: Annotated[int | None, typer.Option(help="Best GBM trials to use")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """Build the ensemble from the best saved trials, store and show its leaderboard."""
+    from hpo.ensemble import build_ensemble, ensemble_config, open_stored, store_leaderboard
+    from hpo.summary import leaderboard_table
+
+    _quiet_optuna()
+    store = open_storage(storage, must_exist=True)
+    stored = open_stored(name, store)
+    config = ensemble_config(
+        stored.spec, method=method, nn_members=nn_members, gbm_members=gbm_members
+    )
+    report = build_ensemble(
+        stored.spec.name,
+        stored.nn_study,
+        stored.gbm_study,
+        stored.data,
+        config,
+        open_artifacts(artifacts),
+    )
+    store_leaderboard(stored.nn_study, report.leaderboard)
+    if as_json:
+        sys.stdout.write(json.dumps(report.leaderboard, indent=2) + "\n")
+        return
+    out.print(leaderboard_table(stored.spec.name, report.leaderboard))
+
+
+@app.command()
+@user_errors
 def report(
     name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits) or a full study name")],
     out_path: Annotated[
@@ -293,6 +344,78 @@ def report(
     studies = [load_study(n, store) for n in _studies_for(name, store)]
     path = write_report(studies, out_path or Path(f"{name}-report.html"), title=name)
     out.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def export(
+    name: Annotated[str, typer.Argument(help="Study spec name (e.g. digits)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write")],
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle at --out")] = False,
+) -> None:
+    """Write the study's ensemble (the spec's method) as a self-contained bundle."""
+    from hpo.bundle import check_out_dir, export_bundle, target_name
+    from hpo.ensemble import build_ensemble, open_stored, store_leaderboard
+
+    _quiet_optuna()
+    check_out_dir(out_dir, force=force)
+    store = open_storage(storage, must_exist=True)
+    stored = open_stored(name, store)
+    report = build_ensemble(
+        stored.spec.name,
+        stored.nn_study,
+        stored.gbm_study,
+        stored.data,
+        stored.spec.ensemble,
+        open_artifacts(artifacts),
+    )
+    store_leaderboard(stored.nn_study, report.leaderboard)
+    manifest = export_bundle(
+        report, stored.data, out_dir, force=force, target=target_name(stored.spec.data)
+    )
+    row = next(r for r in report.leaderboard["rows"] if r["name"] == f"ensemble ({report.method})")
+    err.print(
+        f"{stored.spec.name}: {report.method} ensemble of {len(manifest.members)} members, "
+        f"test {manifest.metric} {row['test_metric']:.4f}",
+        highlight=False,
+    )
+    out.print(str(out_dir), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def predict(
+    bundle: Annotated[Path, typer.Argument(metavar="DIR", help="Bundle directory (hpo export)")],
+    input_path: Annotated[
+        Path, typer.Option("--input", help="Raw features: .csv (with header), .npy or IDX")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", help="CSV to write [default: stdout]")
+    ] = None,
+    proba: Annotated[
+        bool, typer.Option("--proba", help="Add one probability column per class")
+    ] = False,
+) -> None:
+    """Predict with an exported bundle alone: no database, no artifact store."""
+    from hpo.estimator import EnsembleClassifier, load_ensemble
+    from hpo.predict_files import predictions_csv, read_features, write_text
+
+    model = load_ensemble(bundle)
+    manifest = model.manifest_
+    if proba and not isinstance(model, EnsembleClassifier):
+        raise HpoError("--proba needs a classification bundle; this one is regression")
+    x = read_features(input_path, feature_names=manifest.feature_names, target=manifest.target.name)
+    if isinstance(model, EnsembleClassifier):
+        probabilities = model.predict_proba(x)
+        labels = model.classes_[probabilities.argmax(axis=1)]
+        text = predictions_csv(
+            labels, probabilities=probabilities if proba else None, classes=manifest.classes
+        )
+    else:
+        text = predictions_csv(model.predict(x), probabilities=None, classes=None)
+    write_text(text, output)
 
 
 @data_app.command("fetch")

@@ -37,14 +37,19 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     raise ValueError(spec.sampler)
 
 
-def make_pruner(spec: StudySpec, max_epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(
+    spec: StudySpec, max_epochs: int, *, min_steps: int = 1, warmup_steps: int = 2
+) -> optuna.pruners.BasePruner:
+    """The spec's pruner over ``max_epochs`` steps (boosting rounds for the GBM study)."""
     match spec.pruner:
         case "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+            return optuna.pruners.HyperbandPruner(min_resource=min_steps, max_resource=max_epochs)
         case "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup_steps)
         case "percentile":
-            return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=2)
+            return optuna.pruners.PercentilePruner(
+                25.0, n_startup_trials=5, n_warmup_steps=warmup_steps
+            )
         case "successive_halving":
             return optuna.pruners.SuccessiveHalvingPruner()
         case "none":

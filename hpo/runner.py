@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
 from hpo.data import Dataset, load_dataset
+from hpo.ensemble import EnsembleReport, build_ensemble, store_leaderboard
+from hpo.gbm_study import run_gbm_study
 from hpo.nn_study import run_nn_study
 from hpo.spec import StudySpec
 from hpo.storage import mask_url, open_artifacts, open_storage
@@ -24,7 +27,13 @@ TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 @dataclass
 class RunResult:
     nn_study: optuna.Study
+    gbm_study: optuna.Study
     data: Dataset
+    ensemble: EnsembleReport
+
+    @property
+    def leaderboard(self) -> dict[str, Any]:
+        return self.ensemble.leaderboard
 
 
 def open_spec_storage(spec: StudySpec, storage_url: str | None) -> optuna.storages.BaseStorage:
@@ -48,10 +57,14 @@ def run_spec(
     on_trial: TrialCallback | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> RunResult:
-    """Load the data, then tune the NN study up to its target.
+    """Load the data, tune the NN study, then the GBM study, then build the ensemble.
 
+    ``trials`` and ``timeout`` override both studies' settings (the timeout is per study).
     Data and storage are opened before anything is written, so a bad path or URL leaves
     the database untouched.
+
+    Raises:
+        HpoError: bad data or storage, or no finished trial in either study.
     """
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, storage_url)
@@ -69,4 +82,15 @@ def run_spec(
         timeout=timeout or spec.nn.timeout,
         on_trial=on_trial,
     )
-    return RunResult(nn_study=nn_study, data=data)
+    gbm_study = run_gbm_study(
+        spec,
+        data,
+        storage,
+        artifacts,
+        n_trials=spec.gbm.trials if trials is None else trials,
+        timeout=timeout or spec.gbm.timeout,
+        on_trial=on_trial,
+    )
+    report = build_ensemble(spec.name, nn_study, gbm_study, data, spec.ensemble, artifacts)
+    store_leaderboard(nn_study, report.leaderboard)
+    return RunResult(nn_study=nn_study, gbm_study=gbm_study, data=data, ensemble=report)

@@ -72,3 +72,26 @@ def _fmt(value: Any, digits: int = 4, *, sig: bool = False) -> str:
     if value is None:
         return ""
     return f"{value:.2g}" if sig else f"{value:.{digits}f}"
+
+
+def leaderboard_table(name: str, leaderboard: dict[str, Any]) -> Table:
+    """The ensemble leaderboard: members, then both ensembles; ``*`` marks the exported one."""
+    metric = leaderboard["metric"]
+    title = f"{name}: ensemble leaderboard (exported: {leaderboard['method']}, * below)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("member")
+    table.add_column("kind")
+    for column in ("weight", "val loss", f"val {metric}", f"test {metric}"):
+        table.add_column(column, justify="right")
+    for row in leaderboard["rows"]:
+        exported = row["name"] == f"ensemble ({leaderboard['method']})"
+        table.add_row(
+            row["name"] + (" *" if exported else ""),
+            row["kind"],
+            _fmt(row["weight"], 3),
+            _fmt(row["val_loss"]),
+            _fmt(row["val_metric"]),
+            _fmt(row["test_metric"]),
+            style="bold" if row["kind"] == "ensemble" else None,
+        )
+    return table

@@ -38,6 +38,14 @@ TINY_SPEC: dict[str, Any] = {
             "batch_size": [64, 128],
         },
     },
+    # `hpo run` tunes XGBoost too: a few short single-threaded trials keep every run quick.
+    "gbm": {
+        "trials": 3,
+        "early_stopping_rounds": 5,
+        "n_jobs": 1,
+        "search_space": {"max_depth": {"low": 2, "high": 4}, "n_estimators": 30},
+    },
+    "ensemble": {"nn_members": 2, "gbm_members": 2, "greedy_rounds": 20},
 }
 
 

@@ -1,0 +1,367 @@
+"""The exported ensemble: a directory with ``manifest.json`` and one file per member.
+
+No pickle anywhere, so a bundle from a stranger cannot run code: NN members are
+safetensors (plus their MLP spec in the manifest), GBM members XGBoost UBJSON models, the
+rest JSON. The manifest holds the sha256 of every member file; loading checks each one,
+the format version and the manifest schema before it builds a single model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import xgboost as xgb
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hpo import __version__
+from hpo.data import Dataset, Scaler
+from hpo.ensemble import EnsembleReport
+from hpo.errors import HpoError
+from hpo.members import GBMMember, Member, NNMember
+from hpo.model import MLPSpec
+from hpo.spec import DataSpec, Scaling, Task
+
+FORMAT = "hpo-ensemble"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PACKAGES = ("numpy", "torch", "safetensors", "xgboost", "optuna", "scikit-learn")
+
+# A plain file name: no folders, no "..", so a manifest cannot point outside its bundle.
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScalerParams(_Strict):
+    kind: Scaling
+    offset: list[float]
+    scale: list[float]
+
+
+class TargetParams(_Strict):
+    """Regression nets predict standardized targets; ``mean`` and ``std`` undo it."""
+
+    name: str | None = None
+    mean: float = 0.0
+    std: float = 1.0
+
+
+class MemberMetrics(_Strict):
+    val_loss: float
+    val_metric: float
+    test_metric: float
+
+
+class ManifestMember(_Strict):
+    kind: Literal["nn", "gbm"]
+    trial: int = Field(ge=0)
+    file: FileName
+    weight: float = Field(gt=0, le=1)
+    params: dict[str, Any]
+    metrics: MemberMetrics
+    mlp_spec: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_spec(self) -> ManifestMember:
+        if self.kind == "nn":
+            if self.mlp_spec is None:
+                raise ValueError("an nn member needs its mlp_spec")
+            try:
+                MLPSpec.from_dict(self.mlp_spec)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"mlp_spec of nn#{self.trial} is not a valid MLP spec: {e}"
+                ) from None
+        return self
+
+
+class Manifest(_Strict):
+    format: Literal["hpo-ensemble"]
+    format_version: Literal[1]
+    name: str
+    task: Task
+    method: Literal["average", "greedy"]
+    metric: Literal["accuracy", "rmse"]
+    classes: list[int | float | str] | None
+    n_features: int = Field(ge=1)
+    feature_names: list[str]
+    scaler: ScalerParams
+    target: TargetParams
+    members: list[ManifestMember] = Field(min_length=1)
+    leaderboard: list[dict[str, Any]]
+    versions: dict[str, str]
+    files: dict[FileName, Sha256]
+    created: str
+
+    @model_validator(mode="after")
+    def _check_consistent(self) -> Manifest:
+        n = self.n_features
+        if len(self.feature_names) != n:
+            raise ValueError(f"{len(self.feature_names)} feature_names for {n} features")
+        if len(self.scaler.offset) != n or len(self.scaler.scale) != n:
+            raise ValueError(f"scaler parameters are not {n} long")
+        if self.task == "regression" and self.classes is not None:
+            raise ValueError("a regression bundle has no classes")
+        if self.task != "regression" and (
+            self.classes is None
+            or len(self.classes) < 2
+            or len(set(self.classes)) != len(self.classes)
+        ):
+            raise ValueError("a classification bundle needs at least 2 distinct classes")
+        if self.task == "binary" and len(self.classes or []) != 2:
+            raise ValueError("a binary bundle needs exactly 2 classes")
+        files = [m.file for m in self.members]
+        if len(set(files)) != len(files):
+            raise ValueError("two members share one file")
+        for member in self.members:
+            if member.file not in self.files:
+                raise ValueError(f"member file {member.file} has no sha256 in files")
+        if abs(sum(m.weight for m in self.members) - 1.0) > 1e-6:
+            raise ValueError("member weights do not sum to 1")
+        return self
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    manifest: Manifest
+    members: tuple[Member, ...]
+    weights: np.ndarray
+    scaler: Scaler
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"hpo": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    # xgboost-cpu installs as another distribution name, with the same module.
+    versions.setdefault("xgboost", xgb.__version__)
+    return versions
+
+
+def target_name(data: DataSpec) -> str | None:
+    """The target column a prediction input may still carry (and ``hpo predict`` ignores)."""
+    return data.target or {"sklearn": "target", "idx": "label"}.get(data.source)
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _member_file(member: Member) -> tuple[str, bytes]:
+    if isinstance(member, NNMember):
+        return f"nn-{member.trial}.safetensors", safetensors.torch.save(member.state_dict())
+    assert isinstance(member, GBMMember)
+    return f"gbm-{member.trial}.ubj", member.to_bytes()
+
+
+def check_out_dir(out: Path, *, force: bool) -> None:
+    """Refuse before any work: a file, or a non-empty folder (unless ``force`` on a bundle)."""
+    if out.exists() and not out.is_dir():
+        raise HpoError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise HpoError(f"{out} exists and is not empty (pass --force to replace a bundle)")
+        if not (out / MANIFEST).is_file():
+            raise HpoError(f"{out} is not empty and holds no {MANIFEST}; refusing to replace it")
+
+
+def export_bundle(
+    report: EnsembleReport,
+    data: Dataset,
+    out: Path,
+    *,
+    force: bool = False,
+    target: str | None = None,
+) -> Manifest:
+    """Write the report's ensemble (its own method) to ``out``; members of weight 0 are left out.
+
+    The bundle is written into a temporary folder beside ``out`` and renamed when complete,
+    so a failed export leaves nothing behind.
+
+    Raises:
+        HpoError: ``out`` is a file, or a non-empty folder without ``force``.
+    """
+    check_out_dir(out, force=force)
+    weights = report.weights[report.method]
+    rows = {r["name"]: r for r in report.leaderboard["rows"]}
+    members: list[dict[str, Any]] = []
+    files: dict[str, bytes] = {}
+    for member, trial, weight in zip(report.members, report.trials, weights, strict=True):
+        if weight <= 0:
+            continue
+        name, raw = _member_file(member)
+        files[name] = raw
+        row = rows[f"{member.kind}#{member.trial}"]
+        members.append(
+            {
+                "kind": member.kind,
+                "trial": member.trial,
+                "file": name,
+                "weight": float(weight),
+                "params": trial.params,
+                "metrics": {k: row[k] for k in ("val_loss", "val_metric", "test_metric")},
+                "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
+            }
+        )
+    manifest = Manifest.model_validate(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": report.name,
+            "task": data.task,
+            "method": report.method,
+            "metric": report.leaderboard["metric"],
+            "classes": data.classes,
+            "n_features": data.n_features,
+            "feature_names": data.feature_names,
+            "scaler": data.scaler.to_dict(),
+            "target": {"name": target, "mean": data.y_mean, "std": data.y_std},
+            "members": members,
+            "leaderboard": report.leaderboard["rows"],
+            "versions": package_versions(),
+            "files": {name: _sha256(raw) for name, raw in files.items()},
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    )
+    files[MANIFEST] = (json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n").encode()
+    _write_dir(out, files)
+    return manifest
+
+
+def _write_dir(out: Path, files: dict[str, bytes]) -> None:
+    """All files into a temporary sibling folder, then one rename into place."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise HpoError(f"cannot write to {out.parent}: {e.strerror}") from None
+    old: Path | None = None
+    try:
+        for name, raw in files.items():
+            (tmp / name).write_bytes(raw)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        if out.is_dir() and any(out.iterdir()):
+            # --force on an existing bundle: move it aside, put the new one in, then delete.
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old)
+        os.replace(tmp, out)  # onto a missing or empty folder
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists():
+            os.replace(old, out)
+        raise HpoError(f"cannot write the bundle to {out}: {e.strerror}") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and validate ``manifest.json``: format, version first, then the whole schema.
+
+    Raises:
+        HpoError: missing, not JSON, another format, an unknown version, or a malformed schema.
+    """
+    file = path / MANIFEST
+    if not path.is_dir():
+        raise HpoError(f"{path}: no such bundle directory")
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise HpoError(f"{path}: not a bundle (no {MANIFEST})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HpoError(f"{file}: cannot read the manifest ({e})") from None
+    except json.JSONDecodeError as e:
+        raise HpoError(
+            f"{file}: malformed manifest (not JSON: {e.msg} at line {e.lineno})"
+        ) from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise HpoError(f"{file}: malformed manifest (not an {FORMAT} manifest)")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise HpoError(
+            f"{file}: unknown bundle format version {version!r} "
+            f"(this hpo reads version {FORMAT_VERSION}; use the hpo that exported it)"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise HpoError(f"{file}: malformed manifest: {where}: {msg}") from None
+
+
+def load_bundle(path: str | Path) -> LoadedBundle:
+    """Check and load a bundle: manifest, every file's sha256, then the member models.
+
+    Raises:
+        HpoError: in one line, naming the file and what is wrong.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    raws: dict[str, bytes] = {}
+    for name, expected in manifest.files.items():
+        try:
+            raw = (path / name).read_bytes()
+        except OSError as e:
+            raise HpoError(f"{path / name}: cannot read a bundle file ({e.strerror})") from None
+        if _sha256(raw) != expected:
+            raise HpoError(
+                f"{path / name}: checksum mismatch (the file changed after export); "
+                "refusing to load the bundle"
+            )
+        raws[name] = raw  # hashed and parsed from the same bytes: no swap in between
+    members = tuple(_load_member(m, raws[m.file], manifest, path) for m in manifest.members)
+    return LoadedBundle(
+        manifest=manifest,
+        members=members,
+        weights=np.array([m.weight for m in manifest.members], dtype=np.float64),
+        scaler=Scaler.from_dict(manifest.scaler.model_dump()),
+    )
+
+
+def _load_member(member: ManifestMember, raw: bytes, manifest: Manifest, path: Path) -> Member:
+    try:
+        if member.kind == "nn":
+            assert member.mlp_spec is not None
+            return NNMember.from_state_dict(
+                member.trial,
+                MLPSpec.from_dict(member.mlp_spec),
+                safetensors.torch.load(raw),
+                task=manifest.task,
+                n_features=manifest.n_features,
+                n_classes=len(manifest.classes or []),
+                y_mean=manifest.target.mean,
+                y_std=manifest.target.std,
+            )
+        return GBMMember.from_bytes(member.trial, raw, task=manifest.task)
+    except (
+        RuntimeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        safetensors.SafetensorError,
+        xgb.core.XGBoostError,
+    ) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HpoError(
+            f"{path / member.file}: cannot load {member.kind}#{member.trial}: {first}"
+        ) from None

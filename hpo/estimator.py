@@ -1,0 +1,118 @@
+"""An exported bundle as a scikit-learn style estimator.
+
+>>> import hpo
+>>> model = hpo.load_ensemble("models/digits")
+>>> model.predict(X)            # original class labels (or values, for regression)
+>>> model.predict_proba(X)      # columns in the order of model.classes_
+
+``X`` is raw features, as in the data the study was tuned on: the bundle's own scaler is
+applied here. The estimator follows scikit-learn's conventions: ``__init__`` only stores
+the bundle path; ``fit`` loads the (already trained) bundle; fitted state ends in ``_``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from hpo.bundle import LoadedBundle, load_bundle
+from hpo.errors import HpoError
+from hpo.members import Member, combine
+
+
+class InputError(HpoError, ValueError):
+    """Input of the wrong shape or type: an HpoError for the CLI, a ValueError for sklearn."""
+
+
+class _BundleEstimator(BaseEstimator):
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+
+    def fit(self, X: Any = None, y: Any = None) -> Self:
+        """Load the bundle at ``path``; ``X`` and ``y`` are ignored (the members are trained).
+
+        Raises:
+            HpoError: the bundle is missing, changed, malformed or of an unknown version.
+        """
+        return self._set_bundle(load_bundle(self.path))
+
+    def _set_bundle(self, bundle: LoadedBundle) -> Self:
+        m = bundle.manifest
+        self.manifest_ = m
+        self.members_: tuple[Member, ...] = bundle.members
+        self.weights_ = bundle.weights
+        self.scaler_ = bundle.scaler
+        self.n_features_in_ = m.n_features
+        self.feature_names_in_ = np.asarray(m.feature_names, dtype=object)
+        return self
+
+    def _combined(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "members_")
+        x = self._check_input(X)
+        scaled = self.scaler_.transform(x)
+        return combine([m.predict(scaled) for m in self.members_], self.weights_)
+
+    def _check_input(self, X: Any) -> np.ndarray:
+        try:
+            x = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(
+                "X must be numeric (numbers only, no text or missing fields)"
+            ) from None
+        if x.ndim != 2:
+            raise InputError(f"X must be 2-D (n_samples, n_features), got shape {x.shape}")
+        if x.shape[1] != self.n_features_in_:
+            names = self.feature_names_in_
+            raise InputError(
+                f"X has {x.shape[1]} features, but this ensemble expects {self.n_features_in_} "
+                f"({names[0]} ... {names[-1]})"
+            )
+        if not np.isfinite(x).all():
+            raise InputError("X contains NaN or infinity")
+        return x
+
+
+class EnsembleClassifier(ClassifierMixin, _BundleEstimator):
+    """A classification bundle: ``predict``, ``predict_proba``, ``classes_``, ``n_features_in_``."""
+
+    def _set_bundle(self, bundle: LoadedBundle) -> Self:
+        super()._set_bundle(bundle)
+        self.classes_ = np.asarray(bundle.manifest.classes)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, ``(n_samples, n_classes)``, in the order of ``classes_``."""
+        return self._combined(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable original class label per row."""
+        proba = self.predict_proba(X)  # checks fitted state first
+        return self.classes_[proba.argmax(axis=1)]
+
+
+class EnsembleRegressor(RegressorMixin, _BundleEstimator):
+    """A regression bundle: ``predict`` and ``n_features_in_``."""
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions in the target's own units."""
+        return self._combined(X)
+
+
+def load_ensemble(path: str | Path) -> EnsembleClassifier | EnsembleRegressor:
+    """Load an exported bundle as a fitted estimator.
+
+    Example:
+        >>> model = load_ensemble("models/digits")
+        >>> model.predict(X)
+
+    Raises:
+        HpoError: the bundle is missing, changed (checksum), malformed or of an unknown
+            format version.
+    """
+    bundle = load_bundle(path)
+    cls = EnsembleRegressor if bundle.manifest.task == "regression" else EnsembleClassifier
+    return cls(path)._set_bundle(bundle)

@@ -1,0 +1,112 @@
+"""Files for ``hpo predict``: raw features in (CSV, ``.npy`` or IDX), predictions out (CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hpo.errors import HpoError
+from hpo.idx import read_idx
+
+
+def read_features(path: Path, *, feature_names: list[str], target: str | None = None) -> np.ndarray:
+    """Raw features as a 2-D float array; the width is checked by the estimator.
+
+    CSV: a header row; when it names every feature, those columns are taken by name (any
+    other column, such as the target, is ignored); otherwise all columns but the target
+    are taken in order. ``.npy`` (no pickle) and IDX: one row per sample, images flattened.
+
+    Raises:
+        HpoError: missing or unreadable file, a non-numeric field, or a 1-D array.
+    """
+    if not path.is_file():
+        raise HpoError(f"{path}: no such input file")
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path, feature_names, target)
+    if path.suffix.lower() == ".npy":
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise HpoError(f"{path}: cannot read as .npy ({e})") from None
+    else:
+        try:
+            x = read_idx(path)
+        except HpoError:
+            raise HpoError(f"{path}: not a CSV (.csv), NumPy (.npy) or IDX file") from None
+    if x.ndim < 2:
+        raise HpoError(f"{path}: expected one row per sample, got an array of shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise HpoError(f"{path}: expected numbers, got an array of {x.dtype}")
+    return x.reshape(len(x), -1).astype(np.float64)
+
+
+def _read_csv(path: Path, feature_names: list[str], target: str | None) -> np.ndarray:
+    try:
+        with path.open(newline="") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError) as e:
+        raise HpoError(f"{path}: cannot read CSV ({e})") from None
+    if len(rows) < 2:
+        raise HpoError(f"{path}: a CSV needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    if set(feature_names) <= set(header):
+        columns = [header.index(name) for name in feature_names]
+    else:
+        columns = [i for i, h in enumerate(header) if h != target]
+    x = np.empty((len(rows) - 1, len(columns)), dtype=np.float64)
+    for r, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise HpoError(f"{path}: line {r} has {len(row)} fields, the header has {len(header)}")
+        for j, i in enumerate(columns):
+            try:
+                x[r - 2, j] = float(row[i])
+            except ValueError:
+                raise HpoError(
+                    f"{path}: line {r}, column {header[i]!r}: {row[i]!r} is not a number"
+                ) from None
+    return x
+
+
+def predictions_csv(
+    predictions: np.ndarray, *, probabilities: np.ndarray | None, classes: Sequence[object] | None
+) -> str:
+    """``label`` (or ``prediction`` for regression), then ``proba_<class>`` columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["label" if classes is not None else "prediction"]
+    if probabilities is not None and classes is not None:
+        header += [f"proba_{c}" for c in classes]
+    writer.writerow(header)
+    for i, value in enumerate(predictions.tolist()):
+        row = [repr(value) if isinstance(value, float) else str(value)]
+        if probabilities is not None:
+            row += [repr(float(p)) for p in probabilities[i]]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def write_text(text: str, output: Path | None) -> None:
+    """To ``output`` through a temporary file and a rename, or to stdout."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as e:
+        raise HpoError(f"cannot write {output}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an output file is not a secret
+        os.replace(tmp, output)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise HpoError(f"cannot write {output}: {e.strerror}") from None

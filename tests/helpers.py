@@ -1,0 +1,50 @@
+"""Helpers shared by the ensemble and bundle tests."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import sklearn.datasets
+from sklearn.model_selection import train_test_split
+
+from hpo.data import Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw_test_split(name: str, data: Dataset, *, seed: int = 0, test_fraction: float = 0.2):
+    """The unscaled test rows of an sklearn dataset, split as ``hpo.data`` splits it.
+
+    Checked against the study's scaled split, so a change in the split cannot go unseen.
+    """
+    x, y = getattr(sklearn.datasets, f"load_{name}")(return_X_y=True)
+    stratify = y if data.task != "regression" else None
+    _, x_test, _, _ = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=stratify
+    )
+    assert np.array_equal(data.scaler.transform(x_test), data.test.x)
+    return x_test
+
+
+def copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy of a (WAL-mode) SQLite database."""
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+
+
+def run_hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m hpo ...`` in a fresh process, with this checkout first on the path."""
+    return run_python(["-m", "hpo", *args], cwd=cwd)
+
+
+def run_python(args: list[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
