@@ -78,11 +78,11 @@ def test_report_opens_without_errors_and_shows_its_plots(
     write_spec: Callable[..., Path],
     page: Page,
     tmp_path: Path,
-    ensemble_leaderboard: dict[str, Any],
 ) -> None:
+    # `hpo run` tunes the NN and GBM studies and stores the ensemble's leaderboard.
     assert cli("run", write_spec(), "-q").exit_code == 0
     study = optuna.load_study(study_name="tiny-nn", storage=open_storage())
-    study.set_user_attr(ENSEMBLE_ATTR, ensemble_leaderboard)
+    assert study.user_attrs[ENSEMBLE_ATTR]["rows"]
     assert cli("report", "tiny", "--out", "report.html").exit_code == 0
 
     errors: list[str] = []
@@ -90,12 +90,12 @@ def test_report_opens_without_errors_and_shows_its_plots(
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto((tmp_path / "report.html").as_uri())
     expect(page.get_by_role("heading", name="hpo report: tiny")).to_be_visible()
-    # Five plots (ensemble, history, learning curves, importances, parallel coordinates),
-    # each drawn by plotly.js into an SVG.
+    # Nine plots, each drawn by plotly.js into an SVG: the ensemble against its members, then
+    # per study (tiny-nn, tiny-gbm) history, learning curves, importances, parallel coordinates.
     graphs = page.locator(".plotly-graph-div")
-    expect(graphs).to_have_count(5)
+    expect(graphs).to_have_count(9)
     expect(page.locator(".plotly-graph-div .main-svg").first).to_be_visible()
-    for i in range(5):
+    for i in range(9):
         expect(graphs.nth(i).locator(".main-svg").first).to_be_attached()
         assert graphs.nth(i).bounding_box()["height"] > 200  # type: ignore[index]
     expect(page.get_by_text("ensemble (greedy)").first).to_be_visible()

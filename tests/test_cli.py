@@ -102,7 +102,9 @@ def test_read_commands_do_not_create_a_database(cli, workdir: Path) -> None:
 
 def test_unknown_study_name(cli, write_spec) -> None:
     cli("run", write_spec(), "--trials", "1")
-    assert_one_error_line(cli("best", "other"), "no study named 'other' (studies here: tiny-nn)")
+    assert_one_error_line(
+        cli("best", "other"), "no study named 'other' (studies here: tiny-gbm, tiny-nn)"
+    )
 
 
 def test_data_fetch_without_internet_fails_clearly(cli, workdir: Path, monkeypatch) -> None:

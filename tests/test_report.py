@@ -45,8 +45,10 @@ def test_report_is_one_self_contained_file(
     counts = tiny_study.get_trials(deepcopy=False)
     assert f"complete {sum(t.state.name == 'COMPLETE' for t in counts)}" in page
     assert f"best value</th><td>{tiny_study.best_value:.4f}" in page
-    assert plot_divs(page) == 4
-    assert "Members against the ensemble" not in page
+    # The run built an ensemble: its plot, then four per study (tiny-nn, tiny-gbm).
+    assert "<h2>tiny-nn</h2>" in page and "<h2>tiny-gbm</h2>" in page
+    assert "Members against the ensemble" in page
+    assert plot_divs(page) == 1 + 4 + 4
     assert not list(Path().glob(".report.html*"))  # no temp file left behind
 
 
@@ -66,14 +68,16 @@ def test_report_shows_members_against_the_ensemble(
     assert "0.9580" in table
 
 
-def test_report_covers_the_gbm_study_too(cli: Callable[..., Any], tiny_study: optuna.Study) -> None:
-    gbm = optuna.create_study(study_name="tiny-gbm", storage=open_storage())
-    gbm.optimize(lambda t: (t.suggest_float("eta", 0.01, 0.3) - 0.1) ** 2, n_trials=4)
-    assert cli("report", "tiny", "--out", "both.html").exit_code == 0
-    page = Path("both.html").read_text()
-    assert "<h2>tiny-nn</h2>" in page and "<h2>tiny-gbm</h2>" in page
-    # The GBM study reported no learning curve: three plots, and a line that says why.
-    assert plot_divs(page) == 4 + 3
+def test_report_of_a_study_without_learning_curves(
+    cli: Callable[..., Any], tiny_study: optuna.Study
+) -> None:
+    solo = optuna.create_study(study_name="solo-gbm", storage=open_storage())
+    solo.optimize(lambda t: (t.suggest_float("eta", 0.01, 0.3) - 0.1) ** 2, n_trials=4)
+    assert cli("report", "solo", "--out", "solo.html").exit_code == 0
+    page = Path("solo.html").read_text()
+    assert "<h2>solo-gbm</h2>" in page and "tiny-nn" not in page
+    # No trial reported a learning curve: three plots, and a line that says why.
+    assert plot_divs(page) == 3
     assert "No trial reported intermediate values." in page
 
 
@@ -89,7 +93,7 @@ def test_report_of_a_study_without_completed_trials_says_so(cli: Callable[..., A
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nope"], "Error: no study named 'nope' (studies here: tiny-nn)"),
+        (["nope"], "Error: no study named 'nope' (studies here: tiny-gbm, tiny-nn)"),
         (["tiny", "--out", "no/such/folder/r.html"], "Error: cannot write the report to"),
         (["tiny", "--out", "."], "Error: cannot write the report: . is a directory"),
     ],
