@@ -1,7 +1,7 @@
 """Run everything a study spec asks for, in order, against one storage.
 
-``hpo run`` and (later) ``hpo worker`` both come through here, so a worker on another
-machine does exactly what a local run does.
+``hpo run`` and ``hpo worker`` both come through here, so a worker on another machine
+(or one of ``hpo run --workers N``) does exactly what a local run does.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ def open_spec_storage(spec: StudySpec, storage_url: str | None) -> optuna.storag
     )
 
 
+def study_targets(spec: StudySpec, trials: int | None = None) -> dict[str, int]:
+    """Each study ``run_spec`` tunes, with the finished trials it tunes it to."""
+    return {spec.nn_study_name: spec.nn.trials if trials is None else trials}
+
+
 def run_spec(
     spec: StudySpec,
     base_dir: Path,
@@ -45,11 +50,17 @@ def run_spec(
     trials: int | None = None,
     timeout: float | None = None,
     on_trial: TrialCallback | None = None,
+    worker: bool = False,
 ) -> RunResult:
     """Load the data, then tune the NN study up to its target.
 
     Data and storage are opened before anything is written, so a bad path or URL leaves
     the database untouched.
+
+    Args:
+        worker: this process is one of several on the studies (``hpo worker``): its
+            samplers draw their own random numbers. Steps to run once per run, not once
+            per worker, belong behind ``not worker``.
     """
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, storage_url)
@@ -62,5 +73,6 @@ def run_spec(
         n_trials=spec.nn.trials if trials is None else trials,
         timeout=timeout or spec.nn.timeout,
         on_trial=on_trial,
+        worker=worker,
     )
     return RunResult(nn_study=nn_study, data=data)

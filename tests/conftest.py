@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from typer.testing import CliRunner
 # Two cores: one torch thread keeps tiny models fast and steady (set before torch loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from hpo.cli import app  # noqa: E402
+from hpo.cli import app
 
 # Digits with a small, fast search: a trial trains in well under a second on one core.
 TINY_SPEC: dict[str, Any] = {
@@ -77,3 +80,51 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+# PostgreSQL at 127.0.0.1:5432 with trust auth: CI runs these tests, never skips them. The
+# password in the URL is ignored by trust auth; it is there so tests can check that it is
+# never printed.
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+PG_PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for the test module, dropped at its end."""
+    import psycopg
+
+    _start_postgres_if_down()
+    name = f"hpo_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _start_postgres_if_down() -> None:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_ADMIN).close()
+        return
+    except psycopg.OperationalError:
+        pass
+    versions = sorted(os.listdir("/etc/postgresql"))
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"],
+        check=False,
+        capture_output=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(PG_ADMIN).close()
+            return
+        except psycopg.OperationalError as e:
+            if time.monotonic() > deadline:
+                pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is down and would not start: {e}")
+            time.sleep(0.5)

@@ -1,0 +1,126 @@
+"""Many processes, one study: race-free creation and an exact trial target.
+
+Optuna gives the pieces (RDB storage, heartbeats, retries) but leaves three races to the
+caller, and every study (NN, GBM) that workers share goes through here to close them:
+
+- ``create_study(load_if_exists=True)`` survives a creation race, but
+  ``enqueue_trial(skip_if_exists=True)`` does not: two workers that start together both
+  see no baseline and both enqueue it. Opening happens under the study's lock, so the
+  check and the enqueue are one step; where no lock exists (the gRPC proxy) only the
+  process whose ``create_new_study`` succeeded enqueues.
+- ``MaxTrialsCallback`` stops a worker only after its own trial ends, so N workers that
+  each start a trial when one is missing overshoot by up to N-1. Here a worker starts a
+  trial only under the lock and only while finished plus running trials are below the
+  target. The lock is let go inside the trial, once it is RUNNING and so counted by
+  everyone else; training itself runs in parallel.
+- A worker that waits for the last running trials also fails stale ones (heartbeat
+  older than the grace period), whose retries it or another worker then runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterable
+
+import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import TrialState
+
+from hpo.locks import study_lock
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+WAIT_S = 1.0  # how often a worker with no free trial looks again
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+def create_or_load(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    *,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> tuple[optuna.Study, bool]:
+    """The study ``name`` (minimized) and whether this call created it."""
+    try:
+        storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    return study, created
+
+
+def trial_counts(study: optuna.Study) -> tuple[int, int]:
+    """Finished (complete or pruned) and running trials."""
+    trials = study.get_trials(deepcopy=False, states=(*DONE_STATES, TrialState.RUNNING))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials of dead workers; the storage's retry callback enqueues their retries."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def optimize_to_target(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    storage: optuna.storages.BaseStorage,
+    *,
+    target: int,
+    timeout: float | None = None,
+    callbacks: Iterable[Callback] = (),
+    worker: bool = False,
+) -> int:
+    """Run trials until the study holds ``target`` finished trials; returns how many ran here.
+
+    With a heartbeat, a worker that finds the remaining trials all running waits: one of
+    them may belong to a dead worker, and its retry will need running. Without one (the
+    gRPC proxy) a dead worker's trial can never be told apart from a slow one, so workers
+    count finished trials only and stop at the target; trials still running then finish,
+    so the study may end up to (workers - 1) trials above it.
+
+    Args:
+        worker: other processes share the study. The sampler then draws from fresh
+            entropy: every worker builds it from the spec's seed, and would otherwise
+            propose the very same random trials as its peers.
+    """
+    if worker:
+        study.sampler.reseed_rng()
+    lock = study_lock(storage, study.study_name)
+    heartbeat = is_heartbeat_enabled(storage)
+    callbacks = list(callbacks)
+    started = time.monotonic()
+    ran = 0
+
+    def run_trial(trial: optuna.Trial) -> float:
+        lock.release()  # the trial is RUNNING now: every other worker counts it
+        trial.set_user_attr("worker", WORKER_ID)
+        return objective(trial)
+
+    while timeout is None or time.monotonic() - started < timeout:
+        wait = False
+        lock.acquire()
+        try:
+            if heartbeat:
+                fail_stale_trials(study)
+            done, running = trial_counts(study)
+            if done >= target:
+                break
+            if heartbeat and done + running >= target:
+                wait = True
+            else:
+                study.optimize(run_trial, n_trials=1, callbacks=callbacks)
+                ran += 1
+        finally:
+            lock.release()
+        if wait:
+            time.sleep(WAIT_S)
+    return ran
