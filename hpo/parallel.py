@@ -19,11 +19,16 @@ caller, and every study (NN, GBM) that workers share goes through here to close 
 
 from __future__ import annotations
 
+import _thread
 import os
+import signal
 import socket
+import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
@@ -36,6 +41,69 @@ WAIT_S = 1.0  # how often a worker with no free trial looks again
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM in a worker, timed so that the storage stays consistent.
+
+    While a trial trains they interrupt it at once, and Optuna records it as FAIL. While
+    the worker does its bookkeeping between trials (the lock, asking for a trial, telling
+    its result) they wait for the next safe point: interrupted in the middle of a storage
+    write, a trial would stay RUNNING until its heartbeat went stale. A second signal
+    interrupts at once, wherever it lands. Outside :func:`optimize_to_target` nothing is
+    deferred. Without :meth:`installed`, signals keep Python's default behaviour.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.deferring = False
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        saved_hook = sys.unraisablehook
+
+        def unraisable(info: sys.UnraisableHookArgs) -> None:
+            if isinstance(info.exc_value, KeyboardInterrupt):
+                # Raised inside a finalizer or weakref callback, where Python drops it
+                # (with a traceback): deliver it again instead.
+                _thread.interrupt_main()
+            else:
+                saved_hook(info)
+
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        sys.unraisablehook = unraisable
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, saved[0])
+            signal.signal(signal.SIGTERM, saved[1])
+            sys.unraisablehook = saved_hook
+            self.pending = self.deferring = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.deferring and not self.pending:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """A safe point: raise a deferred interrupt here."""
+        if self.pending:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self, defer: bool = True) -> Iterator[None]:
+        before, self.deferring = self.deferring, defer
+        try:
+            self.check()
+            yield
+        finally:
+            self.deferring = before
+
+
+INTERRUPTS = Interrupts()
 
 
 def create_or_load(
@@ -103,24 +171,28 @@ def optimize_to_target(
     def run_trial(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now: every other worker counts it
         trial.set_user_attr("worker", WORKER_ID)
-        return objective(trial)
+        with INTERRUPTS.deferred(False):  # training: Ctrl-C stops it at once
+            return objective(trial)
 
-    while timeout is None or time.monotonic() - started < timeout:
-        wait = False
-        lock.acquire()
-        try:
-            if heartbeat:
-                fail_stale_trials(study)
-            done, running = trial_counts(study)
-            if done >= target:
-                break
-            if heartbeat and done + running >= target:
-                wait = True
-            else:
-                study.optimize(run_trial, n_trials=1, callbacks=callbacks)
-                ran += 1
-        finally:
-            lock.release()
-        if wait:
-            time.sleep(WAIT_S)
+    with INTERRUPTS.deferred():
+        while timeout is None or time.monotonic() - started < timeout:
+            wait = False
+            INTERRUPTS.check()
+            lock.acquire()
+            try:
+                INTERRUPTS.check()
+                if heartbeat:
+                    fail_stale_trials(study)
+                done, running = trial_counts(study)
+                if done >= target:
+                    break
+                if heartbeat and done + running >= target:
+                    wait = True
+                else:
+                    study.optimize(run_trial, n_trials=1, callbacks=callbacks)
+                    ran += 1
+            finally:
+                lock.release()
+            if wait:
+                time.sleep(WAIT_S)
     return ran

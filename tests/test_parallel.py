@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from optuna.trial import TrialState
 
 from hpo.data import load_dataset
 from hpo.nn_study import open_nn_study, run_nn_study
+from hpo.parallel import INTERRUPTS
 from hpo.runner import open_spec_storage
 from hpo.spec import load_spec
 from hpo.storage import mask_text, mask_url, open_artifacts
@@ -58,6 +61,26 @@ def test_mask_url(url: str, masked: str | None) -> None:
     if "pw" in url:  # drivers echo the password in their own words too
         message = f"could not connect to {url}: password pw rejected"
         assert "pw" not in mask_text(message, url)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the dead worker's ask
+def test_interrupts_wait_for_bookkeeping_but_stop_training_at_once() -> None:
+    with INTERRUPTS.installed():
+        with INTERRUPTS.deferred():  # between trials: the signal waits for a safe point
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            with pytest.raises(KeyboardInterrupt):
+                INTERRUPTS.check()
+        INTERRUPTS.pending = False
+        with INTERRUPTS.deferred(), pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C does not wait
+            time.sleep(1)
+        INTERRUPTS.pending = False
+        with INTERRUPTS.deferred(), INTERRUPTS.deferred(False), pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # training: at once
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the dead worker's ask
