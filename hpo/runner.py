@@ -15,7 +15,8 @@ import optuna
 from hpo.data import Dataset, load_dataset
 from hpo.nn_study import run_nn_study
 from hpo.spec import StudySpec
-from hpo.storage import open_artifacts, open_storage
+from hpo.storage import mask_url, open_artifacts, open_storage
+from hpo.storage import storage_url as resolve_url
 
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -50,6 +51,7 @@ def run_spec(
     trials: int | None = None,
     timeout: float | None = None,
     on_trial: TrialCallback | None = None,
+    log: Callable[[str], None] = lambda message: None,
     worker: bool = False,
 ) -> RunResult:
     """Load the data, then tune the NN study up to its target.
@@ -65,6 +67,10 @@ def run_spec(
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, storage_url)
     artifacts = open_artifacts(artifacts_path)
+    log(
+        f"{spec.name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/{len(data.test.y)} "
+        f"train/val/test rows; storage {mask_url(resolve_url(storage_url))}"
+    )
     nn_study = run_nn_study(
         spec,
         data,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -158,6 +159,7 @@ def serve_grpc_proxy(url: str | None, *, host: str, port: int) -> None:
     if url.startswith("grpc://"):
         raise HpoError("the storage proxy serves a database URL, not another grpc:// proxy")
     storage = open_storage(url)
+    _check_port_free(host, port)
     from optuna.storages import run_grpc_proxy_server
 
     try:
@@ -165,6 +167,18 @@ def serve_grpc_proxy(url: str | None, *, host: str, port: int) -> None:
         run_grpc_proxy_server(optuna.storages.get_storage(storage), host=host, port=port)
     except RuntimeError as e:  # grpc cannot bind the address
         raise HpoError(f"cannot serve on {host}:{port}: {e}") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """gRPC binds with SO_REUSEPORT, so a second proxy on a busy port would start and
+    silently share it; a plain bind first turns that into an error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            sock.bind((host, port))
+    except OSError as e:
+        raise HpoError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
 def open_artifacts(path: str | None = None) -> FileSystemArtifactStore:

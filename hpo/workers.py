@@ -69,8 +69,9 @@ def set_threads(threads: int | None) -> None:
 
 
 def stop_on_sigterm() -> None:
-    """SIGTERM (a scheduler, `kill`) stops like Ctrl-C: the running trial is marked FAIL
-    at once instead of waiting a grace period to be found stale."""
+    """SIGTERM (a scheduler, `kill`) stops this process like Ctrl-C, with its cleanup: the
+    parent of local workers stops them rather than leave them orphaned. (Workers
+    themselves use :data:`hpo.parallel.INTERRUPTS`.)"""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
