@@ -144,13 +144,12 @@ def _run_workers(
     quiet: bool,
 ) -> float | None:
     """Run N local workers to the targets; returns what is left of ``timeout`` after them."""
-    from hpo.runner import open_spec_storage, study_targets
     from hpo.storage import open_artifacts
     from hpo.workers import LocalWorkers, stop_on_sigterm
 
     stop_on_sigterm()  # stop the workers too, not leave them orphaned
     url = storage_url(storage)
-    store = open_spec_storage(spec, url)  # a bad URL fails here, once, not in N workers
+    store = open_storage(url)  # a bad URL fails here, once, not in N workers
     open_artifacts(artifacts)
     err.print(
         f"{spec.nn_study_name}: {n_workers} workers, storage {mask_url(url)}", highlight=False
@@ -167,8 +166,16 @@ def _run_workers(
         log=lambda line: err.print(line, highlight=False, markup=False),
     )
     started = time.monotonic()
-    with _studies_progress(study_targets(spec, trials), store, quiet) as poll:
-        pool.start()
+    pool.start()
+    try:
+        # Imported once the workers start, alongside them: torch takes seconds to import.
+        from hpo.runner import study_targets
+
+        progress = _studies_progress(study_targets(spec, trials), store, quiet)
+    except BaseException:
+        pool.stop()
+        raise
+    with progress as poll:
         pool.wait(poll)
     budget = timeout or spec.nn.timeout
     # The run then finishes in this process, tuning at most what the workers left undone

@@ -185,7 +185,7 @@ class LocalWorkers:
             while any(w.proc.poll() is None for w in self.workers):
                 on_poll()
                 time.sleep(POLL_S)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or a failure here: never leave them running alone
             try:
                 self.stop()
             except KeyboardInterrupt:  # a second Ctrl-C: do not wait for them
