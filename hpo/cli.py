@@ -278,7 +278,7 @@ def worker(
     Start one on each machine, all with the same --storage (PostgreSQL, or grpc:// through
     `hpo storage-proxy`) and --artifacts (a shared directory).
     """
-    from hpo.parallel import INTERRUPTS, WORKER_ID, trial_counts
+    from hpo.parallel import INTERRUPTS, trial_counts, worker_id
     from hpo.runner import run_spec
     from hpo.spec import load_spec
     from hpo.workers import set_threads
@@ -287,7 +287,7 @@ def worker(
     set_threads(threads)
     spec, base_dir = load_spec(spec_path)
     target = spec.nn.trials if trials is None else trials
-    err.print(f"{spec.nn_study_name}: worker {WORKER_ID}", highlight=False)
+    err.print(f"{spec.nn_study_name}: worker {worker_id()}", highlight=False)
     # Ctrl-C and SIGTERM: the training trial ends as FAIL, no storage write is cut short.
     with INTERRUPTS.installed(), _trial_progress(spec.nn_study_name, target, quiet) as on_trial:
         result = run_spec(
@@ -303,7 +303,7 @@ def worker(
         )
     study = result.nn_study
     done, _ = trial_counts(study)
-    mine = sum(t.user_attrs.get("worker") == WORKER_ID for t in study.get_trials(deepcopy=False))
+    mine = sum(t.user_attrs.get("worker") == worker_id() for t in study.get_trials(deepcopy=False))
     out.print(f"{study.study_name}: {done}/{target} finished trials, {mine} run by this worker")
 
 

@@ -38,9 +38,13 @@ from hpo.locks import study_lock
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_S = 1.0  # how often a worker with no free trial looks again
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+def worker_id() -> str:
+    """``host:pid``, kept in each trial's ``worker`` user attr (a function: forks differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Interrupts:
@@ -170,7 +174,7 @@ def optimize_to_target(
 
     def run_trial(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now: every other worker counts it
-        trial.set_user_attr("worker", WORKER_ID)
+        trial.set_user_attr("worker", worker_id())
         with INTERRUPTS.deferred(False):  # training: Ctrl-C stops it at once
             return objective(trial)
 

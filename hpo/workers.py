@@ -182,9 +182,10 @@ class LocalWorkers:
             KeyboardInterrupt: after the workers have stopped.
         """
         try:
-            while any(w.proc.poll() is None for w in self.workers):
+            while alive := [w for w in self.workers if w.proc.poll() is None]:
                 on_poll()
-                time.sleep(POLL_S)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    alive[0].proc.wait(timeout=POLL_S)  # back at once when the last one ends
         except BaseException:  # Ctrl-C, or a failure here: never leave them running alone
             try:
                 self.stop()
