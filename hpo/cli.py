@@ -10,18 +10,23 @@ import functools
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import optuna
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpo.errors import HpoError
 from hpo.storage import mask_url, open_artifacts, open_storage, storage_url
+
+if TYPE_CHECKING:
+    from hpo.spec import StudySpec
 
 app = typer.Typer(
     help="Hyperparameter optimization for PyTorch MLPs and XGBoost, on Optuna.",
@@ -59,7 +64,9 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except HpoError as e:
-            err.print(f"[bold red]Error:[/] {e}", highlight=False, soft_wrap=True)
+            # mask_url: no password of a storage URL reaches the terminal, whoever wrote e.
+            message = escape(mask_url(str(e)))
+            err.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("Interrupted: finished trials are kept; run again to continue.")
@@ -89,19 +96,26 @@ def run(
         float | None, typer.Option(help="Seconds for this run (overrides the spec)")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Local worker processes on the study, CPU threads split between them"
+        ),
+    ] = 1,
 ) -> None:
     """Tune the NN and GBM studies of SPEC (resumed and topped up), then build the ensemble."""
-    from hpo.runner import run_spec
     from hpo.spec import load_spec
-    from hpo.summary import leaderboard_table, trial_summary, trials_table
 
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
-    targets = {
-        spec.nn_study_name: spec.nn.trials if trials is None else trials,
-        spec.gbm_study_name: spec.gbm.trials if trials is None else trials,
-    }
-    with _trial_progress(targets, quiet) as on_trial:
+    if workers > 1:
+        timeout = _run_workers(spec, spec_path, workers, storage, artifacts, trials, timeout, quiet)
+        quiet = True  # the workers' progress was shown; what follows only finishes the run
+    # Imported after the workers start: torch takes seconds to import.
+    from hpo.runner import run_spec, study_targets
+    from hpo.summary import leaderboard_table, trial_summary, trials_table
+
+    with _trial_progress(study_targets(spec, trials), quiet) as on_trial:
         result = run_spec(
             spec,
             base_dir,
@@ -120,6 +134,93 @@ def run(
                 f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}"
             )
     out.print(leaderboard_table(spec.name, result.leaderboard))
+
+
+def _run_workers(
+    spec: StudySpec,
+    spec_path: Path,
+    n_workers: int,
+    storage: str | None,
+    artifacts: str | None,
+    trials: int | None,
+    timeout: float | None,
+    quiet: bool,
+) -> float | None:
+    """Run N local workers to the targets; returns what is left of ``timeout`` after them."""
+    from hpo.storage import open_artifacts
+    from hpo.workers import LocalWorkers, stop_on_sigterm
+
+    stop_on_sigterm()  # stop the workers too, not leave them orphaned
+    url = storage_url(storage)
+    store = open_storage(url)  # a bad URL fails here, once, not in N workers
+    open_artifacts(artifacts)
+    err.print(
+        f"{spec.nn_study_name}: {n_workers} workers, storage {mask_url(url)}", highlight=False
+    )
+    if url.startswith("sqlite") and n_workers > 2:
+        err.print(f"note: SQLite serves 2 workers well; {n_workers} want PostgreSQL (README)")
+    pool = LocalWorkers(
+        spec_path,
+        n_workers,
+        storage_url=url,
+        artifacts_path=artifacts,
+        trials=trials,
+        timeout=timeout,
+        log=lambda line: err.print(line, highlight=False, markup=False),
+    )
+    started = time.monotonic()
+    pool.start()
+    try:
+        # Imported once the workers start, alongside them: torch takes seconds to import.
+        from hpo.runner import study_targets
+
+        progress = _studies_progress(study_targets(spec, trials), store, quiet)
+    except BaseException:
+        pool.stop()
+        raise
+    with progress as poll:
+        pool.wait(poll)
+    budget = timeout or spec.nn.timeout
+    # The run then finishes in this process, tuning at most what the workers left undone
+    # (nothing, unless the time ran out) within what is left of the time.
+    return None if budget is None else max(budget - (time.monotonic() - started), 1e-3)
+
+
+class _studies_progress:
+    """One Rich bar per study on stderr, read from the storage (for workers elsewhere)."""
+
+    def __init__(
+        self, targets: dict[str, int], store: optuna.storages.BaseStorage, quiet: bool
+    ) -> None:
+        self.store = store
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[best]}"),
+            console=err,
+            disable=quiet or not err.is_terminal,
+        )
+        self.tasks = {
+            name: self.progress.add_task(name, total=target, best="")
+            for name, target in targets.items()
+        }
+
+    def __enter__(self) -> Callable[[], None]:
+        self.progress.start()
+        return self.poll
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def poll(self) -> None:
+        from hpo.workers import study_progress
+
+        for name, task in self.tasks.items():
+            done, best = study_progress(self.store, name)
+            shown = "" if best is None else f"best {best:.4f}"
+            self.progress.update(task, completed=done, best=shown)
 
 
 class _trial_progress:
@@ -164,6 +265,87 @@ class _trial_progress:
             err.print(
                 f"{study.study_name} trial {trial.number} {state}{value} {best}", highlight=False
             )
+
+
+@app.command()
+@user_errors
+def worker(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML")],
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Finished trials to reach (overrides the spec)")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds for this worker (overrides the spec)")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads for training [default: all]")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+) -> None:
+    """Join the study in SPEC (creating it if needed) and run trials until it reaches its target.
+
+    Start one on each machine, all with the same --storage (PostgreSQL, or grpc:// through
+    `hpo storage-proxy`) and --artifacts (a shared directory).
+    """
+    from hpo.parallel import INTERRUPTS, trial_counts, worker_id
+    from hpo.runner import run_spec, study_targets
+    from hpo.spec import load_spec
+    from hpo.workers import set_threads
+
+    _quiet_optuna()
+    set_threads(threads)
+    spec, base_dir = load_spec(spec_path)
+    targets = study_targets(spec, trials)
+    err.print(f"{spec.name}: worker {worker_id()}", highlight=False)
+    # Ctrl-C and SIGTERM: the training trial ends as FAIL, no storage write is cut short.
+    with INTERRUPTS.installed(), _trial_progress(targets, quiet) as on_trial:
+        result = run_spec(
+            spec,
+            base_dir,
+            storage_url=storage,
+            artifacts_path=artifacts,
+            trials=trials,
+            timeout=timeout,
+            on_trial=on_trial,
+            log=lambda message: err.print(message, highlight=False),
+            worker=True,
+        )
+    for study in (result.nn_study, result.gbm_study):
+        done, _ = trial_counts(study)
+        trials_of = study.get_trials(deepcopy=False)
+        mine = sum(t.user_attrs.get("worker") == worker_id() for t in trials_of)
+        out.print(
+            f"{study.study_name}: {done}/{targets[study.study_name]} finished trials, "
+            f"{mine} run by this worker"
+        )
+
+
+@app.command("storage-proxy")
+@user_errors
+def storage_proxy(
+    storage: StorageOpt = None,
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 13000,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface)")
+    ] = "127.0.0.1",
+) -> None:
+    """Serve the storage to workers over gRPC: they use --storage grpc://HOST:PORT."""
+    from hpo.storage import serve_grpc_proxy
+    from hpo.workers import stop_on_sigterm
+
+    _quiet_optuna()
+    stop_on_sigterm()
+    err.print(
+        f"storage proxy for {mask_url(storage_url(storage))} on grpc://{host}:{port} "
+        "(Ctrl-C stops it)",
+        highlight=False,
+    )
+    try:
+        serve_grpc_proxy(storage, host=host, port=port)
+    except KeyboardInterrupt:
+        err.print("storage proxy stopped")
 
 
 def _studies_for(name: str, store: optuna.storages.BaseStorage) -> list[str]:

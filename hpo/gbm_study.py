@@ -19,8 +19,10 @@ from optuna.artifacts import upload_artifact
 from optuna_integration import XGBoostPruningCallback
 
 from hpo.data import Dataset
+from hpo.locks import study_lock
 from hpo.members import GBMMember, metric, metric_name
-from hpo.nn_study import DONE_STATES, count_done, describe_study, make_pruner, make_sampler
+from hpo.nn_study import describe_study, make_pruner, make_sampler
+from hpo.parallel import create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
 from hpo.train import pick_device
@@ -184,16 +186,19 @@ def open_gbm_study(
     max_rounds = space.n_estimators.high
     # Boosting needs some rounds before losses compare: low learning rates start slow.
     min_rounds = max(1, min(max_rounds, max_rounds // 27, spec.gbm.early_stopping_rounds))
-    study = optuna.create_study(
-        study_name=spec.gbm_study_name,
-        storage=storage,
-        sampler=make_sampler(spec),
-        pruner=make_pruner(spec, max_rounds, min_steps=min_rounds, warmup_steps=min_rounds),
-        direction="minimize",
-        load_if_exists=True,
-    )
-    describe_study(study, spec, data)
-    study.enqueue_trial(baseline_params(space), user_attrs={"baseline": True}, skip_if_exists=True)
+    # Under the study lock, like the NN study, so workers enqueue the defaults once.
+    with study_lock(storage, spec.gbm_study_name) as exclusive:
+        study, created = create_or_load(
+            storage,
+            spec.gbm_study_name,
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec, max_rounds, min_steps=min_rounds, warmup_steps=min_rounds),
+        )
+        describe_study(study, spec, data)
+        if exclusive or created:
+            study.enqueue_trial(
+                baseline_params(space), user_attrs={"baseline": True}, skip_if_exists=True
+            )
     return study
 
 
@@ -206,20 +211,18 @@ def run_gbm_study(
     n_trials: int,
     timeout: float | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    worker: bool = False,
 ) -> optuna.Study:
-    """Top the study up to ``n_trials`` finished (complete or pruned) trials."""
+    """Top the study up to ``n_trials`` finished (complete or pruned) trials, together with
+    any other worker on it (see :func:`hpo.parallel.optimize_to_target`)."""
     study = open_gbm_study(spec, storage, data)
-    remaining = n_trials - count_done(study)
-    if remaining > 0:
-        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
-            optuna.study.MaxTrialsCallback(n_trials, states=DONE_STATES)
-        ]
-        if on_trial is not None:
-            callbacks.append(on_trial)
-        study.optimize(
-            GBMObjective(spec, data, artifacts),
-            n_trials=remaining,
-            timeout=timeout,
-            callbacks=callbacks,
-        )
+    optimize_to_target(
+        study,
+        GBMObjective(spec, data, artifacts),
+        storage,
+        target=n_trials,
+        timeout=timeout,
+        callbacks=[on_trial] if on_trial is not None else (),
+        worker=worker,
+    )
     return study

@@ -12,15 +12,14 @@ import optuna_dashboard
 import torch
 import yaml
 from optuna.artifacts import upload_artifact
-from optuna.trial import TrialState
 
 from hpo.data import Dataset
+from hpo.locks import study_lock
 from hpo.model import MLPSpec
+from hpo.parallel import DONE_STATES, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import StudySpec, spec_hash
 from hpo.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
-
-DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -134,21 +133,25 @@ class NNObjective:
 def open_nn_study(
     spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset
 ) -> optuna.Study:
-    """Create or load ``<name>-nn``, describe it in study attrs, enqueue baselines once."""
-    study = optuna.create_study(
-        study_name=spec.nn_study_name,
-        storage=storage,
-        sampler=make_sampler(spec),
-        pruner=make_pruner(spec, spec.nn.epochs),
-        direction="minimize",
-        load_if_exists=True,
-    )
-    describe_study(study, spec, data)
-    for baseline in spec.nn.baselines:
-        user_attrs: dict[str, Any] = {"baseline": True}
-        if baseline.layers:
-            user_attrs["layers"] = [layer.model_dump() for layer in baseline.layers]
-        study.enqueue_trial(baseline.params(), user_attrs=user_attrs, skip_if_exists=True)
+    """Create or load ``<name>-nn``, describe it in study attrs, enqueue baselines once.
+
+    Under the study lock, so that workers starting together enqueue each baseline once.
+    """
+    with study_lock(storage, spec.nn_study_name) as exclusive:
+        study, created = create_or_load(
+            storage,
+            spec.nn_study_name,
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec, spec.nn.epochs),
+        )
+        describe_study(study, spec, data)
+        if not (exclusive or created):
+            return study  # no lock to make skip_if_exists safe: the creator enqueued them
+        for baseline in spec.nn.baselines:
+            user_attrs: dict[str, Any] = {"baseline": True}
+            if baseline.layers:
+                user_attrs["layers"] = [layer.model_dump() for layer in baseline.layers]
+            study.enqueue_trial(baseline.params(), user_attrs=user_attrs, skip_if_exists=True)
     return study
 
 
@@ -194,21 +197,20 @@ def run_nn_study(
     n_trials: int,
     timeout: float | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    worker: bool = False,
 ) -> optuna.Study:
-    """Top the study up to ``n_trials`` finished (complete or pruned) trials."""
+    """Top the study up to ``n_trials`` finished (complete or pruned) trials, together with
+    any other process working on it (``worker``: this is one of several, see
+    :func:`hpo.parallel.optimize_to_target`)."""
     study = open_nn_study(spec, storage, data)
-    remaining = n_trials - count_done(study)
-    if remaining > 0:
-        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
-            # Counts what every worker finished, so several processes stop at the target.
-            optuna.study.MaxTrialsCallback(n_trials, states=DONE_STATES)
-        ]
-        if on_trial is not None:
-            callbacks.append(on_trial)
-        study.optimize(
-            NNObjective(spec, data, artifacts),
-            n_trials=remaining,
-            timeout=timeout,
-            callbacks=callbacks,
-        )
+    # Exact with any number of workers on the study (MaxTrialsCallback would overshoot).
+    optimize_to_target(
+        study,
+        NNObjective(spec, data, artifacts),
+        storage,
+        target=n_trials,
+        timeout=timeout,
+        callbacks=[on_trial] if on_trial is not None else (),
+        worker=worker,
+    )
     return study

@@ -1,7 +1,7 @@
 """Run everything a study spec asks for, in order, against one storage.
 
-``hpo run`` and (later) ``hpo worker`` both come through here, so a worker on another
-machine does exactly what a local run does.
+``hpo run`` and ``hpo worker`` both come through here, so a worker on another machine
+(or one of ``hpo run --workers N``) does exactly what a local run does.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ class RunResult:
     nn_study: optuna.Study
     gbm_study: optuna.Study
     data: Dataset
-    ensemble: EnsembleReport
+    ensemble: EnsembleReport | None  # None in a worker: the run builds it once
 
     @property
     def leaderboard(self) -> dict[str, Any]:
+        assert self.ensemble is not None, "workers build no ensemble"
         return self.ensemble.leaderboard
 
 
@@ -46,6 +47,14 @@ def open_spec_storage(spec: StudySpec, storage_url: str | None) -> optuna.storag
     )
 
 
+def study_targets(spec: StudySpec, trials: int | None = None) -> dict[str, int]:
+    """Each study ``run_spec`` tunes, with the finished trials it tunes it to."""
+    return {
+        spec.nn_study_name: spec.nn.trials if trials is None else trials,
+        spec.gbm_study_name: spec.gbm.trials if trials is None else trials,
+    }
+
+
 def run_spec(
     spec: StudySpec,
     base_dir: Path,
@@ -56,12 +65,18 @@ def run_spec(
     timeout: float | None = None,
     on_trial: TrialCallback | None = None,
     log: Callable[[str], None] = lambda message: None,
+    worker: bool = False,
 ) -> RunResult:
     """Load the data, tune the NN study, then the GBM study, then build the ensemble.
 
     ``trials`` and ``timeout`` override both studies' settings (the timeout is per study).
     Data and storage are opened before anything is written, so a bad path or URL leaves
     the database untouched.
+
+    Args:
+        worker: this process is one of several on the studies (``hpo worker``): its
+            samplers draw their own random numbers, and the ensemble, built once per run
+            rather than once per worker, is left to ``hpo run`` (or ``hpo ensemble``).
 
     Raises:
         HpoError: bad data or storage, or no finished trial in either study.
@@ -81,6 +96,7 @@ def run_spec(
         n_trials=spec.nn.trials if trials is None else trials,
         timeout=timeout or spec.nn.timeout,
         on_trial=on_trial,
+        worker=worker,
     )
     gbm_study = run_gbm_study(
         spec,
@@ -90,7 +106,10 @@ def run_spec(
         n_trials=spec.gbm.trials if trials is None else trials,
         timeout=timeout or spec.gbm.timeout,
         on_trial=on_trial,
+        worker=worker,
     )
+    if worker:
+        return RunResult(nn_study=nn_study, gbm_study=gbm_study, data=data, ensemble=None)
     report = build_ensemble(spec.name, nn_study, gbm_study, data, spec.ensemble, artifacts)
     store_leaderboard(nn_study, report.leaderboard)
     return RunResult(nn_study=nn_study, gbm_study=gbm_study, data=data, ensemble=report)

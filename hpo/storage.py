@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from hpo.errors import HpoError
+from hpo.locks import engine_lock
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
 DEFAULT_ARTIFACTS = "storage/artifacts"
@@ -34,17 +38,19 @@ def artifacts_dir(path: str | None = None) -> Path:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+    """The text with the password of any URL in it (``//user:pw@`` or ``?password=``) masked."""
+    url = re.sub(r"(//[^/:@\s]*:)[^@/\s]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&\s]*", r"\1***", url)
 
 
 def mask_text(text: str, url: str) -> str:
     """Remove the password of ``url`` from a message (drivers like to echo it)."""
     try:
-        password = make_url(url).password
+        parsed = make_url(url)
+        password = parsed.password or parsed.query.get("password")
     except Exception:
         password = None
-    text = text.replace(url, mask_url(url))
+    text = mask_url(text.replace(url, mask_url(url)))
     return text.replace(str(password), "***") if password else text
 
 
@@ -87,14 +93,21 @@ def open_storage(
         else None
     )
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period if heartbeat_interval else None,
-            heartbeat_stale_trial_callback=retry,
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        # Workers that start together on a fresh database would all create Optuna's tables
+        # at once, and all but one fail (duplicate key in pg_type): one at a time instead.
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, **engine_kwargs)
+        try:
+            with engine_lock(engine, "schema"):
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period if heartbeat_interval else None,
+                    heartbeat_stale_trial_callback=retry,
+                )
+        finally:
+            engine.dispose()
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError, OSError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise HpoError(f"cannot open storage {mask_url(url)}: {mask_text(reason, url)}") from None
 
@@ -118,10 +131,54 @@ def _prepare_sqlite(database: str | None, *, must_exist: bool) -> None:
 def _open_grpc(url: str) -> optuna.storages.BaseStorage:
     match = re.fullmatch(r"grpc://([^:/]+):(\d+)/?", url)
     if not match:
-        raise HpoError(f"not a storage URL: {url!r} (expected grpc://HOST:PORT)")
-    from optuna.storages import GrpcStorageProxy
+        raise HpoError(f"not a storage URL: {mask_url(url)!r} (expected grpc://HOST:PORT)")
+    try:
+        from optuna.storages import GrpcStorageProxy
 
-    return GrpcStorageProxy(host=match[1], port=int(match[2]))
+        proxy = GrpcStorageProxy(host=match[1], port=int(match[2]))
+        # The channel connects lazily; without this a wrong port hangs the first request.
+        proxy.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
+    except ImportError as e:
+        raise HpoError(f"grpc:// storage needs grpcio and protobuf ({e})") from None
+    except ConnectionError:
+        raise HpoError(
+            f"no storage proxy answers at {url} within {CONNECT_TIMEOUT_S} s "
+            "(is `hpo storage-proxy` running there?)"
+        ) from None
+    return proxy
+
+
+def serve_grpc_proxy(url: str | None, *, host: str, port: int) -> None:
+    """Serve the RDB storage at ``url`` to workers over gRPC until interrupted.
+
+    The proxy holds the only database connections, so hundreds of workers cost the
+    database one process. Workers behind it run without a heartbeat (Optuna keeps
+    heartbeats in RDB storage only), so a worker that dies leaves its trial RUNNING.
+    """
+    url = storage_url(url)
+    if url.startswith("grpc://"):
+        raise HpoError("the storage proxy serves a database URL, not another grpc:// proxy")
+    storage = open_storage(url)
+    _check_port_free(host, port)
+    from optuna.storages import run_grpc_proxy_server
+
+    try:
+        # get_storage adds Optuna's in-process cache, as run_grpc_proxy_server asks.
+        run_grpc_proxy_server(optuna.storages.get_storage(storage), host=host, port=port)
+    except RuntimeError as e:  # grpc cannot bind the address
+        raise HpoError(f"cannot serve on {host}:{port}: {e}") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """gRPC binds with SO_REUSEPORT, so a second proxy on a busy port would start and
+    silently share it; a plain bind first turns that into an error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            sock.bind((host, port))
+    except OSError as e:
+        raise HpoError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
 def open_artifacts(path: str | None = None) -> FileSystemArtifactStore:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,51 @@ def dashboard(tmp_path: Path, hpo_env: dict[str, str]) -> Iterator[Callable[...,
     for proc in procs:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# PostgreSQL at 127.0.0.1:5432 with trust auth: CI runs these tests, never skips them. The
+# password in the URL is ignored by trust auth; it is there so tests can check that it is
+# never printed.
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+PG_PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for the test module, dropped at its end."""
+    import psycopg
+
+    _start_postgres_if_down()
+    name = f"hpo_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _start_postgres_if_down() -> None:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_ADMIN).close()
+        return
+    except psycopg.OperationalError:
+        pass
+    versions = sorted(os.listdir("/etc/postgresql"))
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"],
+        check=False,
+        capture_output=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(PG_ADMIN).close()
+            return
+        except psycopg.OperationalError as e:
+            if time.monotonic() > deadline:
+                pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is down and would not start: {e}")
+            time.sleep(0.5)

@@ -1,0 +1,202 @@
+"""Many processes, one study: race-free creation and an exact trial target.
+
+Optuna gives the pieces (RDB storage, heartbeats, retries) but leaves three races to the
+caller, and every study (NN, GBM) that workers share goes through here to close them:
+
+- ``create_study(load_if_exists=True)`` survives a creation race, but
+  ``enqueue_trial(skip_if_exists=True)`` does not: two workers that start together both
+  see no baseline and both enqueue it. Opening happens under the study's lock, so the
+  check and the enqueue are one step; where no lock exists (the gRPC proxy) only the
+  process whose ``create_new_study`` succeeded enqueues.
+- ``MaxTrialsCallback`` stops a worker only after its own trial ends, so N workers that
+  each start a trial when one is missing overshoot by up to N-1. Here a worker starts a
+  trial only under the lock and only while finished plus running trials are below the
+  target. The lock is let go inside the trial, once it is RUNNING and so counted by
+  everyone else; training itself runs in parallel.
+- A worker that waits for the last running trials also fails stale ones (heartbeat
+  older than the grace period), whose retries it or another worker then runs.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import TrialState
+
+from hpo.locks import study_lock
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+WAIT_S = 1.0  # how often a worker with no free trial looks again
+
+Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+def worker_id() -> str:
+    """``host:pid``, kept in each trial's ``worker`` user attr (a function: forks differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM in a worker, timed so that the storage stays consistent.
+
+    While a trial trains they interrupt it at once, and Optuna records it as FAIL. While
+    the worker does its bookkeeping between trials (the lock, asking for a trial, telling
+    its result) they wait for the next safe point: interrupted in the middle of a storage
+    write, a trial would stay RUNNING until its heartbeat went stale. A second signal
+    interrupts at once, wherever it lands. Outside :func:`optimize_to_target` nothing is
+    deferred. Without :meth:`installed`, signals keep Python's default behaviour.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.deferring = False
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        saved_hook = sys.unraisablehook
+
+        def unraisable(info: sys.UnraisableHookArgs) -> None:
+            if isinstance(info.exc_value, KeyboardInterrupt):
+                # Raised inside a finalizer or weakref callback, where Python drops it
+                # (with a traceback): deliver it again instead.
+                _thread.interrupt_main()
+            else:
+                saved_hook(info)
+
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        sys.unraisablehook = unraisable
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, saved[0])
+            signal.signal(signal.SIGTERM, saved[1])
+            sys.unraisablehook = saved_hook
+            self.pending = self.deferring = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.deferring and not self.pending:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """A safe point: raise a deferred interrupt here."""
+        if self.pending:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self, defer: bool = True) -> Iterator[None]:
+        before, self.deferring = self.deferring, defer
+        try:
+            self.check()
+            yield
+        finally:
+            self.deferring = before
+
+
+INTERRUPTS = Interrupts()
+
+
+def create_or_load(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    *,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> tuple[optuna.Study, bool]:
+    """The study ``name`` (minimized) and whether this call created it."""
+    try:
+        storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    return study, created
+
+
+def trial_counts(study: optuna.Study) -> tuple[int, int]:
+    """Finished (complete or pruned) and running trials."""
+    trials = study.get_trials(deepcopy=False, states=(*DONE_STATES, TrialState.RUNNING))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials of dead workers; the storage's retry callback enqueues their retries."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def optimize_to_target(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    storage: optuna.storages.BaseStorage,
+    *,
+    target: int,
+    timeout: float | None = None,
+    callbacks: Iterable[Callback] = (),
+    worker: bool = False,
+) -> int:
+    """Run trials until the study holds ``target`` finished trials; returns how many ran here.
+
+    With a heartbeat, a worker that finds the remaining trials all running waits: one of
+    them may belong to a dead worker, and its retry will need running. Without one (the
+    gRPC proxy) a dead worker's trial can never be told apart from a slow one, so workers
+    count finished trials only and stop at the target; trials still running then finish,
+    so the study may end up to (workers - 1) trials above it.
+
+    Args:
+        worker: other processes share the study. The sampler then draws from fresh
+            entropy: every worker builds it from the spec's seed, and would otherwise
+            propose the very same random trials as its peers.
+    """
+    if worker:
+        study.sampler.reseed_rng()
+    lock = study_lock(storage, study.study_name)
+    heartbeat = is_heartbeat_enabled(storage)
+    callbacks = list(callbacks)
+    started = time.monotonic()
+    ran = 0
+
+    def run_trial(trial: optuna.Trial) -> float:
+        lock.release()  # the trial is RUNNING now: every other worker counts it
+        trial.set_user_attr("worker", worker_id())
+        with INTERRUPTS.deferred(False):  # training: Ctrl-C stops it at once
+            return objective(trial)
+
+    with INTERRUPTS.deferred():
+        while timeout is None or time.monotonic() - started < timeout:
+            wait = False
+            INTERRUPTS.check()
+            lock.acquire()
+            try:
+                INTERRUPTS.check()
+                if heartbeat:
+                    fail_stale_trials(study)
+                done, running = trial_counts(study)
+                if done >= target:
+                    break
+                if heartbeat and done + running >= target:
+                    wait = True
+                else:
+                    study.optimize(run_trial, n_trials=1, callbacks=callbacks)
+                    ran += 1
+            finally:
+                lock.release()
+            if wait:
+                time.sleep(WAIT_S)
+    return ran

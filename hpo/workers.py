@@ -1,0 +1,223 @@
+"""Worker processes: each runs ``run_spec`` against the shared storage, nothing else.
+
+``hpo worker`` is one of them, on any machine. ``hpo run --workers N`` starts N local
+ones as ``python -m hpo worker`` subprocesses, splits the CPU threads (and the GPUs)
+between them, and watches the storage for their combined progress: the storage is the
+only channel between workers, exactly as between machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import optuna
+
+from hpo.errors import HpoError
+from hpo.parallel import DONE_STATES
+from hpo.storage import mask_text
+
+POLL_S = 1.0  # how often `hpo run --workers` reads progress from the storage
+STOP_S = 60.0  # how long stopped workers get to mark their trials FAIL before being killed
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    return len(os.sched_getaffinity(0))
+
+
+def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else every device."""
+    environ = dict(os.environ) if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return [g.strip() for g in environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_env(index: int, n_workers: int, *, cpus: int, gpus: Sequence[str]) -> dict[str, str]:
+    """Environment for local worker ``index`` of ``n_workers``: its share of the CPU threads,
+    and one GPU of its own when there are several (round robin when workers outnumber
+    them). With one GPU every worker shares it, so CUDA_VISIBLE_DEVICES is left alone."""
+    env = {"OMP_NUM_THREADS": str(threads_per_worker(n_workers, cpus))}
+    if len(gpus) > 1:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    return env
+
+
+def threads_per_worker(n_workers: int, cpus: int) -> int:
+    return max(1, cpus // n_workers)
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch's intra-op threads for this worker (torch reads OMP_NUM_THREADS only at import)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`) stops this process like Ctrl-C, with its cleanup: the
+    parent of local workers stops them rather than leave them orphaned. (Workers
+    themselves use :data:`hpo.parallel.INTERRUPTS`.)"""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def study_progress(storage: optuna.storages.BaseStorage, name: str) -> tuple[int, float | None]:
+    """Finished trials of study ``name`` and its best value; (0, None) before it exists."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return 0, None
+    done = len(storage.get_all_trials(study_id, deepcopy=False, states=DONE_STATES))
+    try:
+        best = storage.get_best_trial(study_id).value
+    except ValueError:
+        best = None
+    return done, best
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[str]
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    error: str | None = None  # its `Error: ...` line, if it printed one
+    reader: threading.Thread | None = None
+
+
+class LocalWorkers:
+    """N ``hpo worker`` subprocesses on this machine, their output forwarded line by line.
+
+    The storage URL reaches them through ``HPO_STORAGE``, not argv: a password in argv is
+    visible to every user of the machine in ``ps``.
+    """
+
+    def __init__(
+        self,
+        spec_path: Path,
+        n_workers: int,
+        *,
+        storage_url: str,
+        artifacts_path: str | None = None,
+        trials: int | None = None,
+        timeout: float | None = None,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.spec_path, self.n_workers = spec_path, n_workers
+        self.storage_url, self.artifacts_path = storage_url, artifacts_path
+        self.trials, self.timeout = trials, timeout
+        self.log = log
+        self.workers: list[_Worker] = []
+
+    def command(self, threads: int) -> list[str]:
+        cmd = [sys.executable, "-m", "hpo", "worker", str(self.spec_path), "--quiet"]
+        cmd += ["--threads", str(threads)]
+        if self.artifacts_path:
+            cmd += ["--artifacts", self.artifacts_path]
+        if self.trials is not None:
+            cmd += ["--trials", str(self.trials)]
+        if self.timeout is not None:
+            cmd += ["--timeout", str(self.timeout)]
+        return cmd
+
+    def start(self) -> None:
+        cpus, gpus = available_cpus(), visible_gpus()
+        for index in range(self.n_workers):
+            env = {
+                **os.environ,
+                **worker_env(index, self.n_workers, cpus=cpus, gpus=gpus),
+                "HPO_STORAGE": self.storage_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+            proc = subprocess.Popen(
+                self.command(threads_per_worker(self.n_workers, cpus)),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                # Its own session: a terminal's Ctrl-C reaches only us, and we pass exactly
+                # one SIGINT on. A second one would hit the worker while it records the FAIL.
+                start_new_session=True,
+            )
+            worker = _Worker(index, proc)
+            worker.reader = threading.Thread(target=self._forward, args=(worker,), daemon=True)
+            worker.reader.start()
+            self.workers.append(worker)
+
+    def _forward(self, worker: _Worker) -> None:
+        assert worker.proc.stdout is not None
+        for raw in worker.proc.stdout:
+            line = mask_text(raw.rstrip(), self.storage_url)
+            if not line:
+                continue
+            worker.tail.append(line)
+            if line.startswith("Error: "):
+                worker.error = line.removeprefix("Error: ")
+            else:
+                self.log(f"worker {worker.index}: {line}")
+
+    def wait(self, on_poll: Callable[[], None] = lambda: None) -> None:
+        """Wait for every worker, calling ``on_poll`` each second; on Ctrl-C stop them all.
+
+        Raises:
+            HpoError: a worker failed; its own error line, or the tail of its output.
+            KeyboardInterrupt: after the workers have stopped.
+        """
+        try:
+            while alive := [w for w in self.workers if w.proc.poll() is None]:
+                on_poll()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    alive[0].proc.wait(timeout=POLL_S)  # back at once when the last one ends
+        except BaseException:  # Ctrl-C, or a failure here: never leave them running alone
+            try:
+                self.stop()
+            except KeyboardInterrupt:  # a second Ctrl-C: do not wait for them
+                self.kill()
+            raise
+        on_poll()
+        for w in self.workers:
+            if w.reader is not None:
+                w.reader.join()
+        failed = [w for w in self.workers if w.proc.returncode != 0]
+        if failed:
+            w = failed[0]
+            reason = w.error or (w.tail[-1] if w.tail else "no output")
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise HpoError(f"worker {w.index} exited with code {w.proc.returncode}: {reason}{more}")
+
+    def stop(self) -> None:
+        """One SIGINT each (their trials end as FAIL), then SIGKILL for any still alive."""
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + STOP_S
+        for w in self.workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: a killed worker's RUNNING trial is failed (and retried) once its heartbeat
+        is older than the grace period, by the next worker that looks."""
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
