@@ -19,7 +19,6 @@ caller, and every study (NN, GBM) that workers share goes through here to close 
 
 from __future__ import annotations
 
-import _thread
 import os
 import signal
 import socket
@@ -70,8 +69,9 @@ class Interrupts:
         def unraisable(info: sys.UnraisableHookArgs) -> None:
             if isinstance(info.exc_value, KeyboardInterrupt):
                 # Raised inside a finalizer or weakref callback, where Python drops it
-                # (with a traceback): deliver it again instead.
-                _thread.interrupt_main()
+                # (with a traceback): keep it for the next safe point instead. (Raising it
+                # again from here, even via another thread, can land inside this hook.)
+                self.pending = True
             else:
                 saved_hook(info)
 

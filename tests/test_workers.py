@@ -384,7 +384,9 @@ def test_run_workers_on_sqlite_survives_ctrl_c_and_tops_up(write_spec, workdir: 
     assert run.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err and "locked" not in out + err
     states = _states(db)
-    assert "RUNNING" not in states and 1 <= states.get("FAIL", 0) <= 2, states
+    # An interrupted trial is FAIL; one that was telling its result when the signal came
+    # finishes first (the write is never cut short), so 0 to 2 FAIL, never RUNNING.
+    assert "RUNNING" not in states and states.get("FAIL", 0) <= 2, states
 
     again = subprocess.run(
         argv, cwd=workdir, env=env(), capture_output=True, text=True, timeout=300
