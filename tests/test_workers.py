@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,7 +39,7 @@ README_COMMANDS = [
     "export HPO_STORAGE=postgresql://postgres:secret@db-host:5432/hpo_study",
     "hpo worker studies/digits.yaml --artifacts /mnt/shared/hpo-artifacts",
     "hpo studies",
-    'optuna-dashboard "$HPO_STORAGE" --artifact-dir /mnt/shared/hpo-artifacts --port 8080',
+    "hpo dashboard --artifacts /mnt/shared/hpo-artifacts --port 8080",
     "hpo storage-proxy --host 0.0.0.0 --port 13000",
     "hpo worker studies/digits.yaml --storage grpc://proxy-host:13000"
     " --artifacts /mnt/shared/hpo-artifacts",
@@ -65,8 +64,6 @@ def readme_command(index: int, **subs: str) -> list[str]:
     argv = shlex.split(command)
     if argv[0] == "hpo":
         return [sys.executable, "-m", "hpo", *argv[1:]]
-    if argv[0] == "optuna-dashboard":
-        return [shutil.which("optuna-dashboard") or "optuna-dashboard", *argv[1:]]
     return argv
 
 
@@ -199,14 +196,14 @@ def test_studies_and_dashboard_read_the_shared_study(
 
     port = free_port()
     argv = readme_command(
-        5,
-        **{
-            '"$HPO_STORAGE"': shlex.quote(four_workers.url),
-            "/mnt/shared/hpo-artifacts": str(four_workers.artifacts),
-            "8080": str(port),
-        },
+        5, **{"/mnt/shared/hpo-artifacts": str(four_workers.artifacts), "8080": str(port)}
     )
-    dashboard = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dashboard = subprocess.Popen(
+        argv,
+        env=env(HPO_STORAGE=four_workers.url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         summaries = _get_json(f"http://127.0.0.1:{port}/api/studies", dashboard)
         names = [s["study_name"] for s in summaries["study_summaries"]]
