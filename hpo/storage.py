@@ -98,7 +98,7 @@ def open_storage(
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, **engine_kwargs)
         try:
             with engine_lock(engine, "schema"):
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
@@ -107,9 +107,25 @@ def open_storage(
                 )
         finally:
             engine.dispose()
+        if backend == "sqlite":
+            _sync_at_checkpoints(storage.engine)
+        return storage
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError, OSError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise HpoError(f"cannot open storage {mask_url(url)}: {mask_text(reason, url)}") from None
+
+
+def _sync_at_checkpoints(engine: sqlalchemy.engine.Engine) -> None:
+    """``synchronous=NORMAL`` on every SQLite connection: in WAL mode it stays corruption-safe
+    and loses no committed trial when a process dies (only a power cut can drop the last
+    commits), and skips an fsync per commit: a trial makes ~70 of them (one per suggest,
+    report and attr), which made Optuna's share of a digits trial 30% larger (benchmarks/)."""
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _pragma(connection: sqlite3.Connection, _record: object) -> None:
+        connection.execute("PRAGMA synchronous=NORMAL")
+
+    engine.dispose()  # connections opened while creating the storage predate the listener
 
 
 def _prepare_sqlite(database: str | None, *, must_exist: bool) -> None:
