@@ -7,15 +7,12 @@ flattened). Early stopping watches the validation loss, and so does the pruner, 
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
 import xgboost as xgb
-from optuna.artifacts import upload_artifact
 from optuna_integration import XGBoostPruningCallback
 
 from hpo.data import Dataset
@@ -25,6 +22,7 @@ from hpo.nn_study import describe_study, make_pruner, make_sampler
 from hpo.parallel import create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
+from hpo.storage import save_trial_results
 from hpo.train import pick_device
 
 # The validation metric that early stopping and pruning watch, per task.
@@ -168,14 +166,13 @@ class GBMObjective:
             "train_seconds": round(seconds, 3),
             "architecture": f"xgboost {best_iteration + 1} rounds, depth {params['max_depth']}",
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"gbm-trial-{trial.number}.ubj"
-            path.write_bytes(model.to_bytes())
-            attrs["artifact_id"] = upload_artifact(
-                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial
-            )
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        save_trial_results(
+            trial,
+            self.artifacts,
+            filename=f"gbm-trial-{trial.number}.ubj",
+            model_bytes=bytes(model.to_bytes()),
+            attrs=attrs,
+        )
 
 
 def open_gbm_study(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import tempfile
+import io
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
 import optuna_dashboard
 import torch
 import yaml
-from optuna.artifacts import upload_artifact
 
 from hpo.data import Dataset
 from hpo.locks import study_lock
@@ -19,6 +17,7 @@ from hpo.model import MLPSpec
 from hpo.parallel import DONE_STATES, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import StudySpec, spec_hash
+from hpo.storage import save_trial_results
 from hpo.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
 
 
@@ -119,15 +118,15 @@ class NNObjective:
             "device": result.device,
             "mlp_spec": mlp.to_dict(),
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"nn-trial-{trial.number}.pt"
-            state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-            torch.save(state, path)
-            attrs["artifact_id"] = upload_artifact(
-                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial
-            )
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, buffer)
+        save_trial_results(
+            trial,
+            self.artifacts,
+            filename=f"nn-trial-{trial.number}.pt",
+            model_bytes=buffer.getvalue(),
+            attrs=attrs,
+        )
 
 
 def open_nn_study(

@@ -10,12 +10,14 @@ import os
 import re
 import socket
 import sqlite3
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
-from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -215,3 +217,23 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         known = f"; studies here: {', '.join(names)}" if names else "; the storage has no studies"
         raise HpoError(f"no study named {name!r}{known}") from None
+
+
+def save_trial_results(
+    trial: optuna.Trial,
+    artifacts: FileSystemArtifactStore,
+    *,
+    filename: str,
+    model_bytes: bytes,
+    attrs: dict[str, Any],
+) -> None:
+    """Upload a trial's model file to the artifact store, then write its user attrs
+    (``artifact_id`` among them): the attrs never name a file that is not there."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(model_bytes)
+        artifact_id = upload_artifact(
+            artifact_store=artifacts, file_path=str(path), study_or_trial=trial
+        )
+    for key, value in {**attrs, "artifact_id": artifact_id}.items():
+        trial.set_user_attr(key, value)
