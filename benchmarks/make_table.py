@@ -70,6 +70,43 @@ def search_efficiency(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def end_to_end(r: dict[str, Any]) -> list[str]:
+    row = r["rows"][0]
+    trials = "; ".join(
+        f"{name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned"
+        for name, c in row["trials"].items()
+    )
+    return [
+        f"**End to end** (`python benchmarks/end_to_end.py --budget {row['budget_s']:g}`; "
+        f"{r['spec']}: NN study, GBM study, ensemble in one `hpo run`)",
+        "",
+        "| wall (s) | peak RSS (MiB) | best MLP test | best XGBoost test "
+        "| average ensemble test | greedy ensemble test |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {row['wall_s']} | {row['peak_rss_mib']} | {row['best_nn_test']} | "
+        f"{row['best_gbm_test']} | {row['ensemble_average_test']} | "
+        f"{row['ensemble_greedy_test']} |",
+        "",
+        f"Trials: {trials}.",
+    ]
+
+
+def workers_scaling(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Workers** (`{r['command']}`; {r['study']})",
+        "",
+        "| configuration | trials per hour |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {rate:,.0f} |" for name, rate in r["trials_per_hour"].items()]
+    lines += [
+        "",
+        f"Speed-up of 2 workers: {r['speedup_vs_1_worker']}x one worker with 2 threads, "
+        f"{r['speedup_vs_1_worker_1_thread']}x one worker with 1 thread.",
+    ]
+    return lines
+
+
 def generic(r: dict[str, Any]) -> list[str]:
     """Any other result: its rows as a table, keys as columns."""
     rows = r.get("rows", [])
@@ -86,6 +123,8 @@ FORMATS = {
     "trainer_throughput": trainer_throughput,
     "optuna_overhead": optuna_overhead,
     "search_efficiency": search_efficiency,
+    "end_to_end": end_to_end,
+    "workers_scaling": workers_scaling,
 }
 
 
