@@ -227,30 +227,45 @@ def _load_idx_dir(path: Path) -> RawData:
 
 
 def _load_csv(path: Path, target: str) -> RawData:
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as e:
-        raise HpoError(f"{path}: cannot read CSV ({e})") from None
-    if len(rows) < 2:
-        raise HpoError(f"{path}: a CSV needs a header row and at least one data row")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    header, body = read_csv(path)
     if target not in header:
         raise HpoError(f"{path}: no target column {target!r}; columns are {', '.join(header)}")
     t = header.index(target)
     features = [i for i in range(len(header)) if i != t]
-    x = np.empty((len(body), len(features)), dtype=np.float64)
-    for r, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise HpoError(f"{path}: line {r} has {len(row)} fields, the header has {len(header)}")
-        for j, i in enumerate(features):
-            try:
-                x[r - 2, j] = float(row[i])
-            except ValueError:
-                raise HpoError(
-                    f"{path}: line {r}, column {header[i]!r}: {row[i]!r} is not a number"
-                ) from None
+    x = numeric_columns(path, header, body, features)
     y = np.array([row[t].strip() for row in body])
     if all(v.lstrip("-").isdigit() for v in y):  # integer labels stay numbers: 0, 1, not '0'
         y = y.astype(np.int64)
     return x, y, None, None, [header[i] for i in features], str(path)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """A CSV's header (stripped) and its non-blank data rows, each as long as the header."""
+    try:
+        with path.open(newline="") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError) as e:
+        raise HpoError(f"{path}: cannot read CSV ({e})") from None
+    if len(rows) < 2:
+        raise HpoError(f"{path}: a CSV needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    for r, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise HpoError(f"{path}: line {r} has {len(row)} fields, the header has {len(header)}")
+    return header, rows[1:]
+
+
+def numeric_columns(
+    path: Path, header: list[str], body: list[list[str]], columns: list[int]
+) -> np.ndarray:
+    """The given columns as a float matrix; a non-number names its line and column."""
+    x = np.empty((len(body), len(columns)), dtype=np.float64)
+    for r, row in enumerate(body):
+        for j, i in enumerate(columns):
+            try:
+                x[r, j] = float(row[i])
+            except ValueError:
+                raise HpoError(
+                    f"{path}: line {r + 2}, column {header[i]!r}: {row[i]!r} is not a number"
+                ) from None
+    return x

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpo.data import numeric_columns, read_csv
 from hpo.errors import HpoError
 from hpo.idx import read_idx
 
@@ -48,30 +49,12 @@ def read_features(path: Path, *, feature_names: list[str], target: str | None = 
 
 
 def _read_csv(path: Path, feature_names: list[str], target: str | None) -> np.ndarray:
-    try:
-        with path.open(newline="") as f:
-            rows = [row for row in csv.reader(f) if row]
-    except (OSError, UnicodeDecodeError) as e:
-        raise HpoError(f"{path}: cannot read CSV ({e})") from None
-    if len(rows) < 2:
-        raise HpoError(f"{path}: a CSV needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
+    header, body = read_csv(path)
     if set(feature_names) <= set(header):
         columns = [header.index(name) for name in feature_names]
     else:
         columns = [i for i, h in enumerate(header) if h != target]
-    x = np.empty((len(rows) - 1, len(columns)), dtype=np.float64)
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise HpoError(f"{path}: line {r} has {len(row)} fields, the header has {len(header)}")
-        for j, i in enumerate(columns):
-            try:
-                x[r - 2, j] = float(row[i])
-            except ValueError:
-                raise HpoError(
-                    f"{path}: line {r}, column {header[i]!r}: {row[i]!r} is not a number"
-                ) from None
-    return x
+    return numeric_columns(path, header, body, columns)
 
 
 def predictions_csv(
