@@ -112,10 +112,13 @@ def run(
         timeout = _run_workers(spec, spec_path, workers, storage, artifacts, trials, timeout, quiet)
         quiet = True  # the workers' progress was shown; what follows only finishes the run
     # Imported after the workers start: torch takes seconds to import.
+    from hpo.parallel import INTERRUPTS
     from hpo.runner import run_spec, study_targets
     from hpo.summary import leaderboard_table, trial_summary, trials_table
 
-    with _trial_progress(study_targets(spec, trials), quiet) as on_trial:
+    # Ctrl-C: the training trial ends as FAIL at once, no storage write is cut short, and a
+    # signal that Python would drop (raised inside a finalizer) is kept, not lost.
+    with INTERRUPTS.installed(), _trial_progress(study_targets(spec, trials), quiet) as on_trial:
         result = run_spec(
             spec,
             base_dir,

@@ -19,7 +19,7 @@ from hpo.data import Dataset
 from hpo.locks import study_lock
 from hpo.members import GBMMember, metric, metric_name
 from hpo.nn_study import describe_study, make_pruner, make_sampler
-from hpo.parallel import create_or_load, optimize_to_target
+from hpo.parallel import INTERRUPTS, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
 from hpo.storage import save_trial_results
@@ -89,6 +89,14 @@ def baseline_params(space: GBMSpace) -> dict[str, Any]:
     return params
 
 
+class _InterruptCheck(xgb.callback.TrainingCallback):
+    """A Ctrl-C that Python dropped in a finalizer ends the trial at the next round."""
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        INTERRUPTS.check()
+        return False
+
+
 class GBMObjective:
     """One trial: suggest, boost with early stopping and pruning, keep the model and metrics."""
 
@@ -126,7 +134,7 @@ class GBMObjective:
                 num_boost_round=params["n_estimators"],
                 evals=[(self.dval, "validation")],
                 early_stopping_rounds=self.spec.gbm.early_stopping_rounds,
-                callbacks=[XGBoostPruningCallback(trial, observed)],
+                callbacks=[_InterruptCheck(), XGBoostPruningCallback(trial, observed)],
                 verbose_eval=False,
             )
         except optuna.TrialPruned as e:

@@ -14,7 +14,7 @@ import yaml
 from hpo.data import Dataset
 from hpo.locks import study_lock
 from hpo.model import MLPSpec
-from hpo.parallel import DONE_STATES, create_or_load, optimize_to_target
+from hpo.parallel import DONE_STATES, INTERRUPTS, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import StudySpec, spec_hash
 from hpo.storage import save_trial_results
@@ -80,6 +80,7 @@ class NNObjective:
         trial.set_user_attr("architecture", mlp.describe())
 
         def report(epoch: int, val_loss: float) -> None:
+            INTERRUPTS.check()  # a Ctrl-C that Python dropped in a finalizer ends the trial here
             trial.report(val_loss, epoch)
             if trial.should_prune():
                 self._record_stop(

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 # Two cores: one torch thread keeps tiny models fast and steady (set before torch loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")

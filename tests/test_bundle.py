@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import Result
+from typer.testing import Result
 from conftest import TINY_SPEC
 from helpers import copy_sqlite, raw_test_split, run_hpo, run_python
 from sklearn.base import clone

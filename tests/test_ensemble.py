@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from click.testing import Result
+from typer.testing import Result
 
 from hpo.ensemble import average_weights, build_ensemble, greedy_weights, open_stored
 from hpo.members import loss
