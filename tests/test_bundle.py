@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from typer.testing import Result
 from conftest import TINY_SPEC
 from helpers import copy_sqlite, raw_test_split, run_hpo, run_python
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 import hpo
 from hpo.cli import app
