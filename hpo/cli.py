@@ -295,10 +295,10 @@ def worker(
     from hpo.parallel import INTERRUPTS, trial_counts, worker_id
     from hpo.runner import run_spec, study_targets
     from hpo.spec import load_spec
-    from hpo.workers import set_threads
+    from hpo.workers import pin_threads
 
     _quiet_optuna()
-    set_threads(threads)
+    pin_threads(threads)
     spec, base_dir = load_spec(spec_path)
     targets = study_targets(spec, trials)
     err.print(f"{spec.name}: worker {worker_id()}", highlight=False)

@@ -23,6 +23,7 @@ from hpo.parallel import INTERRUPTS, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
 from hpo.storage import save_trial_results
+from hpo.threads import choose_threads
 from hpo.train import pick_device
 
 # The validation metric that early stopping and pruning watch, per task.
@@ -116,12 +117,16 @@ class GBMObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec.gbm.search_space)
+        # Unpinned, the same choice as the MLP's: spinning OpenMP threads hurt XGBoost too.
+        threads = self.spec.gbm.n_jobs or choose_threads(
+            len(self.data.train.y), self.data.n_features
+        )
         booster_params = xgb_params(
             params,
             self.data,
             seed=self.spec.seed,
             device=self.device,
-            n_jobs=self.spec.gbm.n_jobs,
+            n_jobs=threads,
             max_bin=self.spec.gbm.max_bin,
         )
         trial.set_user_attr("device", self.device)

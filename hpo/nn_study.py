@@ -18,6 +18,7 @@ from hpo.parallel import DONE_STATES, INTERRUPTS, create_or_load, optimize_to_ta
 from hpo.search_space import suggest
 from hpo.spec import StudySpec, spec_hash
 from hpo.storage import save_trial_results
+from hpo.threads import configure_threads
 from hpo.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
 
 
@@ -75,6 +76,7 @@ class NNObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec.nn.search_space)
+        configure_threads(len(self.data.train.y), self.data.n_features)
         # An enqueued hand-built baseline carries explicit layers in its user attrs.
         mlp = MLPSpec.from_params(params, trial.user_attrs.get("layers"))
         trial.set_user_attr("architecture", mlp.describe())

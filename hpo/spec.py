@@ -205,8 +205,8 @@ class GBMConfig(_Frozen):
     early_stopping_rounds: int = Field(
         default=20, ge=1, description="rounds without a better validation loss"
     )
-    # None: every core (XGBoost's default; OMP_NUM_THREADS limits it, as it limits torch).
-    # On small data or a busy machine one thread can be many times faster than several.
+    # None: hpo picks per trial, as for the MLP (hpo/threads.py): one thread on small data,
+    # the idle cores on large data; OMP_NUM_THREADS pins it.
     n_jobs: int | None = Field(default=None, ge=1, description="XGBoost threads")
     # Histogram bins per feature: fewer trains faster (2.3x from 256 to 32 on Fashion-MNIST).
     max_bin: int = Field(default=256, ge=2)

@@ -26,14 +26,10 @@ import optuna
 from hpo.errors import HpoError
 from hpo.parallel import DONE_STATES
 from hpo.storage import mask_text
+from hpo.threads import available_cpus
 
 POLL_S = 1.0  # how often `hpo run --workers` reads progress from the storage
 STOP_S = 60.0  # how long stopped workers get to mark their trials FAIL before being killed
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (a container's or taskset's limit, not the host's)."""
-    return len(os.sched_getaffinity(0))
 
 
 def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
@@ -60,12 +56,11 @@ def threads_per_worker(n_workers: int, cpus: int) -> int:
     return max(1, cpus // n_workers)
 
 
-def set_threads(threads: int | None) -> None:
-    """Torch's intra-op threads for this worker (torch reads OMP_NUM_THREADS only at import)."""
+def pin_threads(threads: int | None) -> None:
+    """Pin this worker's training threads (torch's and XGBoost's): hpo.threads reads
+    ``OMP_NUM_THREADS`` at every trial."""
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def stop_on_sigterm() -> None:
