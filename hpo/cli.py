@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpo.errors import HpoError
-from hpo.storage import mask_url, open_artifacts, open_storage, storage_url
+from hpo.storage import mask_text, mask_url, open_artifacts, open_storage, storage_url
 
 if TYPE_CHECKING:
     from hpo.spec import StudySpec
@@ -64,8 +64,10 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except HpoError as e:
-            # mask_url: no password of a storage URL reaches the terminal, whoever wrote e.
-            message = escape(mask_url(str(e)))
+            # No password of a storage URL reaches the terminal, whoever wrote e: this
+            # command's URL is parsed, any other URL in the text is masked too.
+            url = storage_url(kwargs.get("storage"))
+            message = escape(mask_text(str(e), url))
             err.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -158,7 +160,8 @@ def _run_workers(
     store = open_storage(url)  # a bad URL fails here, once, not in N workers
     open_artifacts(artifacts)
     err.print(
-        f"{spec.nn_study_name}: {n_workers} workers, storage {mask_url(url)}", highlight=False
+        f"{spec.nn_study_name}: {n_workers} workers, storage {escape(mask_url(url))}",
+        highlight=False,
     )
     if url.startswith("sqlite") and n_workers > 2:
         err.print(f"note: SQLite serves 2 workers well; {n_workers} want PostgreSQL (README)")
@@ -341,7 +344,7 @@ def storage_proxy(
     _quiet_optuna()
     stop_on_sigterm()
     err.print(
-        f"storage proxy for {mask_url(storage_url(storage))} on grpc://{host}:{port} "
+        f"storage proxy for {escape(mask_url(storage_url(storage)))} on grpc://{host}:{port} "
         "(Ctrl-C stops it)",
         highlight=False,
     )
@@ -371,7 +374,8 @@ def studies(storage: StorageOpt = None) -> None:
 
     _quiet_optuna()
     store = open_storage(storage, must_exist=True)
-    table = Table(title=f"Studies in {mask_url(storage_url(storage))}", title_justify="left")
+    title = f"Studies in {escape(mask_url(storage_url(storage)))}"
+    table = Table(title=title, title_justify="left")
     for column in ("study", "trials", "best value", "dataset", "task"):
         table.add_column(column)
     for s in optuna.get_all_study_summaries(store):
@@ -466,7 +470,7 @@ def dashboard(
     url_host = f"[{host}]" if ":" in host else host
     err.print(
         f"optuna-dashboard on http://{url_host}:{port}/dashboard "
-        f"(storage {mask_url(storage_url(storage))}, artifacts {folder}); Ctrl-C stops it.",
+        f"(storage {escape(mask_url(storage_url(storage)))}, artifacts {folder}); Ctrl-C stops it.",
         highlight=False,
         soft_wrap=True,
     )

@@ -23,6 +23,9 @@ from sqlalchemy.pool import NullPool
 
 from hpo.errors import HpoError
 from hpo.locks import engine_lock
+from hpo.masking import mask_text, mask_url
+
+__all__ = ["mask_text", "mask_url", "open_storage", "storage_url"]
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
 DEFAULT_ARTIFACTS = "storage/artifacts"
@@ -37,23 +40,6 @@ def storage_url(url: str | None = None) -> str:
 
 def artifacts_dir(path: str | None = None) -> Path:
     return Path(path or os.environ.get("HPO_ARTIFACTS") or DEFAULT_ARTIFACTS)
-
-
-def mask_url(url: str) -> str:
-    """The text with the password of any URL in it (``//user:pw@`` or ``?password=``) masked."""
-    url = re.sub(r"(//[^/:@\s]*:)[^@/\s]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&\s]*", r"\1***", url)
-
-
-def mask_text(text: str, url: str) -> str:
-    """Remove the password of ``url`` from a message (drivers like to echo it)."""
-    try:
-        parsed = make_url(url)
-        password = parsed.password or parsed.query.get("password")
-    except Exception:
-        password = None
-    text = mask_url(text.replace(url, mask_url(url)))
-    return text.replace(str(password), "***") if password else text
 
 
 def open_storage(
@@ -80,6 +66,12 @@ def open_storage(
         backend = parsed.get_backend_name()
     except (sqlalchemy.exc.ArgumentError, ValueError):
         raise HpoError(f"not a storage URL: {mask_url(url)!r} (e.g. {DEFAULT_STORAGE})") from None
+    if "@" in (parsed.host or ""):
+        # make_url read the end of the password as the host: the driver would look it up.
+        raise HpoError(
+            f"storage URL {mask_url(url)}: an unencoded '@' in its user or password "
+            "(write it as %40)"
+        )
     engine_kwargs: dict[str, object] = {}
     if backend == "sqlite":
         _prepare_sqlite(parsed.database, must_exist=must_exist)
@@ -160,7 +152,7 @@ def _open_grpc(url: str) -> optuna.storages.BaseStorage:
         raise HpoError(f"grpc:// storage needs grpcio and protobuf ({e})") from None
     except ConnectionError:
         raise HpoError(
-            f"no storage proxy answers at {url} within {CONNECT_TIMEOUT_S} s "
+            f"no storage proxy answers at {mask_url(url)} within {CONNECT_TIMEOUT_S} s "
             "(is `hpo storage-proxy` running there?)"
         ) from None
     return proxy
