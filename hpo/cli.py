@@ -106,10 +106,11 @@ def run(
     ] = 1,
 ) -> None:
     """Tune the NN and GBM studies of SPEC (resumed and topped up), then build the ensemble."""
-    from hpo.spec import load_spec
+    from hpo.spec import check_overrides, load_spec
 
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
+    check_overrides(spec, trials=trials, timeout=timeout)
     if workers > 1:
         timeout = _run_workers(spec, spec_path, workers, storage, artifacts, trials, timeout, quiet)
         quiet = True  # the workers' progress was shown; what follows only finishes the run
@@ -297,12 +298,13 @@ def worker(
     """
     from hpo.parallel import INTERRUPTS, trial_counts, worker_id
     from hpo.runner import run_spec, study_targets
-    from hpo.spec import load_spec
+    from hpo.spec import check_overrides, load_spec
     from hpo.workers import pin_threads
 
     _quiet_optuna()
     pin_threads(threads)
     spec, base_dir = load_spec(spec_path)
+    check_overrides(spec, trials=trials, timeout=timeout)
     targets = study_targets(spec, trials)
     err.print(f"{spec.name}: worker {worker_id()}", highlight=False)
     # Ctrl-C and SIGTERM: the training trial ends as FAIL, no storage write is cut short.
@@ -492,11 +494,13 @@ def ensemble(
 ) -> None:
     """Build the ensemble from the best saved trials, store and show its leaderboard."""
     from hpo.ensemble import build_ensemble, ensemble_config, open_stored, store_leaderboard
+    from hpo.spec import check_overrides
     from hpo.summary import leaderboard_table
 
     _quiet_optuna()
     store = open_storage(storage, must_exist=True)
     stored = open_stored(name, store)
+    check_overrides(stored.spec, nn_members=nn_members, gbm_members=gbm_members)
     config = ensemble_config(
         stored.spec, method=method, nn_members=nn_members, gbm_members=gbm_members
     )

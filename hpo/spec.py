@@ -8,6 +8,7 @@ one-choice list) so that every trial carries every dimension in its params.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -252,6 +253,25 @@ class DataSpec(_Frozen):
         return self
 
 
+class Limits(_Frozen):
+    """Upper limits that turn a typo (``width: 10000000``) into an error instead of a 400 TB
+    allocation or a run without end. A spec that means more raises one under ``limits:``."""
+
+    width: int = Field(default=16_384, ge=1, description="units per hidden layer")
+    depth: int = Field(default=64, ge=1, description="hidden layers")
+    batch_size: int = Field(default=1_048_576, ge=1)
+    epochs: int = Field(default=100_000, ge=1)
+    patience: int = Field(default=100_000, ge=1, description="epochs without improvement")
+    trials: int = Field(default=1_000_000, ge=0, description="per study")
+    n_estimators: int = Field(default=100_000, ge=1, description="XGBoost boosting rounds")
+    max_depth: int = Field(default=64, ge=1, description="XGBoost tree depth")
+    early_stopping_rounds: int = Field(default=100_000, ge=1)
+    max_bin: int = Field(default=65_536, ge=2)
+    threads: int = Field(default=4_096, ge=1, description="gbm.n_jobs")
+    members: int = Field(default=1_000, ge=0, description="per kind, in the ensemble")
+    greedy_rounds: int = Field(default=100_000, ge=1)
+
+
 class StudySpec(_Frozen):
     """One study: its data, task, search space and search settings."""
 
@@ -269,6 +289,42 @@ class StudySpec(_Frozen):
     heartbeat_interval: int = Field(default=30, ge=1)
     grace_period: int = Field(default=120, ge=2)
     max_retry: int = Field(default=2, ge=0, description="retries of a trial whose worker died")
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> StudySpec:
+        for key, value, limit in self._limited_values():
+            most = getattr(self.limits, limit)
+            if value > most:
+                raise ValueError(
+                    f"{key}: {value} is above the limit {most}; "
+                    f"set limits.{limit} in the spec to allow it"
+                )
+        return self
+
+    def _limited_values(self) -> Iterator[tuple[str, int, str]]:
+        """``(key, value, limit name)`` for every value that has an upper limit."""
+        nn, gbm, space = self.nn, self.gbm, self.nn.search_space
+        yield "nn.trials", nn.trials, "trials"
+        yield "nn.epochs", nn.epochs, "epochs"
+        yield "nn.patience", nn.patience, "patience"
+        yield "nn.search_space.depth", space.depth.high, "depth"
+        yield "nn.search_space.width", space.width.high, "width"
+        yield "nn.search_space.batch_size", max(space.batch_size), "batch_size"
+        for i, baseline in enumerate(nn.baselines):
+            layers = baseline.layers or []
+            yield f"nn.baselines.{i}.layers", len(layers), "depth"
+            for j, layer in enumerate(layers):
+                yield f"nn.baselines.{i}.layers.{j}.width", layer.width, "width"
+        yield "gbm.trials", gbm.trials, "trials"
+        yield "gbm.early_stopping_rounds", gbm.early_stopping_rounds, "early_stopping_rounds"
+        yield "gbm.max_bin", gbm.max_bin, "max_bin"
+        yield "gbm.n_jobs", gbm.n_jobs or 1, "threads"
+        yield "gbm.search_space.n_estimators", gbm.search_space.n_estimators.high, "n_estimators"
+        yield "gbm.search_space.max_depth", gbm.search_space.max_depth.high, "max_depth"
+        yield "ensemble.nn_members", self.ensemble.nn_members, "members"
+        yield "ensemble.gbm_members", self.ensemble.gbm_members, "members"
+        yield "ensemble.greedy_rounds", self.ensemble.greedy_rounds, "greedy_rounds"
 
     @property
     def nn_study_name(self) -> str:
@@ -307,19 +363,55 @@ def load_spec(path: str | Path) -> tuple[StudySpec, Path]:
 
 def spec_hash(spec: StudySpec) -> str:
     """A short stable hash of the validated spec, to tell runs of changed specs apart."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:12]
+    # Limits change no result: raising one keeps the hash.
+    return hashlib.sha256(spec.model_dump_json(exclude={"limits"}).encode()).hexdigest()[:12]
 
 
-def _first_error(error: ValidationError) -> str:
+# Command-line flags that override spec keys, and the keys each one sets.
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "trials": ("nn.trials", "gbm.trials"),
+    "timeout": ("nn.timeout", "gbm.timeout"),
+    "nn_members": ("ensemble.nn_members",),
+    "gbm_members": ("ensemble.gbm_members",),
+}
+
+
+def check_overrides(spec: StudySpec, **flags: Any) -> None:
+    """Hold command-line overrides to the rules of the keys they override.
+
+    Args:
+        flags: flag name to value (``trials=-1``), as in :data:`FLAG_KEYS`; None keeps the spec's.
+
+    Raises:
+        HpoError: naming the flag, its value, the key and what is wrong.
+    """
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        raw = spec.model_dump()
+        for key in FLAG_KEYS[flag]:
+            section, name = key.split(".")
+            raw[section][name] = value
+        try:
+            StudySpec.model_validate(raw)
+        except ValidationError as e:
+            # One flag sets both studies' keys: their errors are the same error.
+            first = _first_error(e, count_others=False)
+            raise HpoError(f"--{flag.replace('_', '-')} {value}: {first}") from None
+
+
+def _first_error(error: ValidationError, *, count_others: bool = True) -> str:
     err = error.errors()[0]
     loc = list(err["loc"])
     # A list index at the end of the location is noise for pinned-or-list dimensions.
     if loc and isinstance(loc[-1], int):
         loc.pop()
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = ".".join(str(p) for p in loc)
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     if err["type"] in ("literal_error", "enum") and got is not None:
         msg += f", got {got!r}"
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{key}: {msg}{more}"
+    others = error.error_count() - 1 if count_others else 0
+    more = f" (and {others} more)" if others else ""
+    # A whole-spec check (the limits) names its key in the message itself.
+    return f"{key}: {msg}{more}" if key else f"{msg}{more}"
