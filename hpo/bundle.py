@@ -180,8 +180,33 @@ def check_out_dir(out: Path, *, force: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise HpoError(f"{out} exists and is not empty (pass --force to replace a bundle)")
-        if not (out / MANIFEST).is_file():
-            raise HpoError(f"{out} is not empty and holds no {MANIFEST}; refusing to replace it")
+        _replaceable_files(out)
+
+
+def _replaceable_files(out: Path) -> set[str]:
+    """The names ``--force`` may delete in ``out``: its manifest and the files it lists.
+
+    Raises:
+        HpoError: ``out`` is not a bundle, or holds anything else (named): a user's notes
+            in a bundle folder are never deleted with it.
+    """
+    try:
+        manifest = read_manifest(out)
+    except HpoError as e:
+        raise HpoError(f"refusing to replace {out} with --force: {e}") from None
+    listed = {MANIFEST, *manifest.files}
+    others = sorted(
+        entry.name
+        for entry in out.iterdir()
+        if entry.name not in listed or (entry.is_dir() and not entry.is_symlink())
+    )
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise HpoError(
+            f"{out} holds {shown}, which the bundle's manifest does not list; "
+            "--force would delete it: move it out of the folder first"
+        )
+    return listed
 
 
 def export_bundle(
@@ -255,22 +280,39 @@ def _write_dir(out: Path, files: dict[str, bytes]) -> None:
     except OSError as e:
         raise HpoError(f"cannot write to {out.parent}: {e.strerror}") from None
     old: Path | None = None
+    replaced: set[str] = set()
     try:
         for name, raw in files.items():
             (tmp / name).write_bytes(raw)
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         if out.is_dir() and any(out.iterdir()):
+            # Checked again: a file may have been added while the ensemble was built.
+            replaced = _replaceable_files(out)
             # --force on an existing bundle: move it aside, put the new one in, then delete.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old)
         os.replace(tmp, out)  # onto a missing or empty folder
-    except OSError as e:
+    except (OSError, HpoError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not out.exists():
             os.replace(old, out)
+        if isinstance(e, HpoError):
+            raise
         raise HpoError(f"cannot write the bundle to {out}: {e.strerror}") from None
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_old_bundle(old, replaced)
+
+
+def _remove_old_bundle(old: Path, names: set[str]) -> None:
+    """Delete the listed files of the replaced bundle, and its folder once it is empty."""
+    for name in names:
+        (old / name).unlink(missing_ok=True)
+    try:
+        old.rmdir()
+    except OSError:
+        # Only a file added in the instant between the check and the swap lands here.
+        left = ", ".join(sorted(entry.name for entry in old.iterdir()))
+        raise HpoError(f"the bundle was written; {old} keeps {left}, added meanwhile") from None
 
 
 def read_manifest(path: Path) -> Manifest:

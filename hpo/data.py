@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,12 @@ def resolve_data_path(path: str, base_dir: Path, source: str) -> Path:
     if not resolved.exists():
         hint = " (set HPO_DATA_DIR, or run `hpo data fetch`)" if source == "idx" else ""
         raise HpoError(f"data path not found: {resolved}{hint}")
+    # A FIFO would hang the read and /dev/zero fill the memory: only the expected kind.
+    mode = resolved.stat().st_mode
+    if source == "idx" and not stat.S_ISDIR(mode):
+        raise HpoError(f"data path is not a folder of IDX files: {resolved}")
+    if source != "idx" and not stat.S_ISREG(mode):
+        raise HpoError(f"data path is not a regular file (a FIFO, device or folder): {resolved}")
     return resolved
 
 
