@@ -61,7 +61,8 @@ def url_secrets(url: str) -> list[str]:
         pass
     password = _hand_password(url)
     if password:
-        found.update((password, unquote(password)))
+        # make_url reads the part after an unencoded '@' as the host, which errors echo.
+        found.update((password, unquote(password), *password.split("@")))
     for raw in (m[2] for m in _QUERY_PASSWORD.finditer(url)):
         found.update((raw, unquote_plus(raw)))
     return sorted((s for s in found if s), key=len, reverse=True)

@@ -385,19 +385,20 @@ def check_overrides(spec: StudySpec, **flags: Any) -> None:
     Raises:
         HpoError: naming the flag, its value, the key and what is wrong.
     """
-    for flag, value in flags.items():
-        if value is None:
-            continue
+    given = {flag: value for flag, value in flags.items() if value is not None}
+    # Each flag alone first, so that an error names the flag at fault; then all together.
+    for group in [*({flag: value} for flag, value in given.items()), given]:
         raw = spec.model_dump()
-        for key in FLAG_KEYS[flag]:
-            section, name = key.split(".")
-            raw[section][name] = value
+        for flag, value in group.items():
+            for key in FLAG_KEYS[flag]:
+                section, name = key.split(".")
+                raw[section][name] = value
         try:
             StudySpec.model_validate(raw)
         except ValidationError as e:
+            shown = " ".join(f"--{flag.replace('_', '-')} {value}" for flag, value in group.items())
             # One flag sets both studies' keys: their errors are the same error.
-            first = _first_error(e, count_others=False)
-            raise HpoError(f"--{flag.replace('_', '-')} {value}: {first}") from None
+            raise HpoError(f"{shown}: {_first_error(e, count_others=False)}") from None
 
 
 def _first_error(error: ValidationError, *, count_others: bool = True) -> str:

@@ -104,8 +104,16 @@ def open_storage(
         if backend == "sqlite":
             _sync_at_checkpoints(storage.engine)
         return storage
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError, OSError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+    except (
+        sqlalchemy.exc.SQLAlchemyError,
+        optuna.exceptions.StorageInternalError,  # Optuna's wrapper of a failed first query
+        ImportError,
+        ValueError,
+        RuntimeError,
+        OSError,
+    ) as e:
+        cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) else e
+        reason = str(getattr(cause, "orig", None) or cause or e).strip().splitlines()[0]
         raise HpoError(f"cannot open storage {mask_url(url)}: {mask_text(reason, url)}") from None
 
 
