@@ -93,7 +93,9 @@ def open_storage(
         try:
             with engine_lock(engine, "schema"):
                 storage = optuna.storages.RDBStorage(
-                    url,
+                    # Optuna fills the URL in as a str.format template: a "{" in a
+                    # password would raise, with the URL in the traceback.
+                    url.replace("{", "{{").replace("}", "}}"),
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period if heartbeat_interval else None,
