@@ -252,7 +252,9 @@ def _ensemble_section(board: dict[str, Any]) -> list[str]:
     parts = [f"<h2>Members against the ensemble ({_esc(method)})</h2>"]
     if not rows:
         return [*parts, "<p class='empty'>The ensemble has no rows.</p>"]
-    higher_is_better = metric != "rmse"
+    higher_is_better = bool(
+        board.get("higher_is_better", metric not in ("rmse", "mae", "log_loss"))
+    )
     sign = -1.0 if higher_is_better else 1.0
     rows.sort(key=lambda r: _sort_key(r.get("test_metric"), sign))
     parts.append(
