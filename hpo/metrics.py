@@ -101,7 +101,9 @@ def score(name: MetricName, pred: np.ndarray, y: np.ndarray) -> float:
                     )
                 )
             case "log_loss":
-                return float(skm.log_loss(y, pred, labels=labels))
+                # float32 models sum to one only to ~1e-7, which scikit-learn warns about.
+                proba = pred / pred.sum(axis=1, keepdims=True)
+                return float(skm.log_loss(y, proba, labels=labels))
             case "roc_auc":
                 if len(np.unique(y)) < 2:
                     return float("nan")
