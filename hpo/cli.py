@@ -398,7 +398,7 @@ def status(
 ) -> None:
     """Trial counts by state, the best value, and a table of the best trials."""
     from hpo.storage import load_study
-    from hpo.summary import state_counts, trials_table
+    from hpo.summary import objective_name, state_counts, trials_table
 
     _quiet_optuna()
     store = open_storage(storage, must_exist=True)
@@ -406,7 +406,10 @@ def status(
         study = load_study(study_name, store)
         counts = ", ".join(f"{k.lower()} {v}" for k, v in state_counts(study).items())
         try:
-            best = f"best value {study.best_value:.4f} (trial {study.best_trial.number})"
+            best = (
+                f"best {objective_name(study)} {study.best_value:.4f} "
+                f"(trial {study.best_trial.number})"
+            )
         except ValueError:
             best = "no completed trial yet"
         out.print(f"[bold]{study_name}[/]: {counts or 'no trials'}; {best}")
