@@ -60,11 +60,13 @@ def study_metric(study: optuna.Study) -> str:
 def trials_table(study: optuna.Study, top: int = 5) -> Table:
     table = Table(title=f"{study.study_name}: best {top} trials", title_justify="left")
     metric = study_metric(study)
+    objective = objective_name(study)
+    # Regression's default metric is its objective (val_rmse): one column, not two.
+    metric_columns = [part for part in ("val", "test") if f"{part}_{metric}" != objective]
     for column, width in (
         ("#", 3),
-        (objective_name(study), 8),
-        (f"val {metric}", 6),
-        (f"test {metric}", 6),
+        (objective, 8),
+        *[(f"{part} {metric}", 6) for part in metric_columns],
         ("epochs", 6),
         ("secs", 5),
     ):
@@ -76,8 +78,7 @@ def trials_table(study: optuna.Study, top: int = 5) -> Table:
         table.add_row(
             str(t.number),
             f"{t.value:.4f}",
-            _fmt(a.get(f"val_{metric}")),
-            _fmt(a.get(f"test_{metric}")),
+            *[_fmt(a.get(f"{part}_{metric}")) for part in metric_columns],
             str(a.get("epochs_run", "")),
             _fmt(a.get("train_seconds"), 1),
             f"{t.params.get('optimizer', '')} {_fmt(t.params.get('learning_rate'), sig=True)}",
@@ -103,7 +104,9 @@ def leaderboard_table(name: str, leaderboard: dict[str, Any]) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("member")
     table.add_column("kind")
-    columns = ["weight", f"val {loss}", f"val {metric}", f"test {metric}"]
+    # The loss column unless the metric is the loss (regression's rmse): then once.
+    show_loss = loss != metric
+    columns = ["weight", *([f"val {loss}"] if show_loss else []), f"val {metric}", f"test {metric}"]
     columns += [f"{part} {m}" for m in extra for part in ("val", "test")]
     for column in columns:
         table.add_column(column, justify="right")
@@ -113,7 +116,7 @@ def leaderboard_table(name: str, leaderboard: dict[str, Any]) -> Table:
             row["name"] + (" *" if exported else ""),
             row["kind"],
             _fmt(row["weight"], 3),
-            _fmt(row["val_loss"]),
+            *([_fmt(row["val_loss"])] if show_loss else []),
             _fmt(row["val_metric"]),
             _fmt(row["test_metric"]),
             *[_fmt(row.get(f"{part}_{m}")) for m in extra for part in ("val", "test")],
@@ -125,7 +128,7 @@ def leaderboard_table(name: str, leaderboard: dict[str, Any]) -> Table:
             f"no skill ({baseline['name']})",
             "baseline",
             "",
-            _fmt(baseline["val_loss"]),
+            *([_fmt(baseline["val_loss"])] if show_loss else []),
             _fmt(baseline["val_metric"]),
             style="dim",
         )
