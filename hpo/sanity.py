@@ -57,9 +57,11 @@ def check_useful(name: str, leaderboard: dict[str, Any]) -> None:
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     best = max(scored, key=lambda r: sign * r["val_metric"])
     if not is_better(metric, best["val_metric"], baseline["val_metric"]):
+        # Accuracy cannot beat the majority class on rare positives: name the metrics that can.
+        hint = "; for imbalanced classes try metric: balanced_accuracy or roc_auc"
         raise HpoError(
             f"{name}: the best model ({best['name']}, validation {metric} "
             f"{best['val_metric']:.4f}) is no better than {baseline['name']} "
             f"({baseline['val_metric']:.4f}); nothing worth using was found "
-            "(the trials stay in storage)"
+            f"(the trials stay in storage{hint if metric == 'accuracy' else ''})"
         )
