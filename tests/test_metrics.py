@@ -13,6 +13,7 @@ import optuna
 import pytest
 from typer.testing import Result
 
+import hpo
 from hpo.ensemble import greedy_weights
 from hpo.metrics import (
     constant_prediction,
@@ -202,6 +203,13 @@ def test_metric_roc_auc_ranks_the_leaderboard(
     )
     tail = result.stdout[result.stdout.index("ensemble leaderboard") :]
     assert "val roc_auc" in tail and "no skill" in tail
+    # The bundle's manifest names the metric its leaderboard was ranked by.
+    exported = cli("export", "tiny", "--out", "bundle")
+    assert exported.exit_code == 0, exported.output
+    assert "test roc_auc" in exported.stderr
+    manifest = json.loads(Path("bundle/manifest.json").read_text())
+    assert manifest["metric"] == "roc_auc"
+    assert hpo.load_ensemble("bundle").manifest_.metric == "roc_auc"
 
 
 def test_a_metric_of_the_wrong_task_is_one_error(
