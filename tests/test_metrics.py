@@ -14,7 +14,7 @@ import pytest
 from typer.testing import Result
 
 import hpo
-from hpo.ensemble import greedy_weights
+from hpo.ensemble import greedy_weights, load_gbm_member, load_nn_member, open_stored
 from hpo.metrics import (
     constant_prediction,
     recorded_metrics,
@@ -22,6 +22,7 @@ from hpo.metrics import (
     selection_key,
     validation_loss,
 )
+from hpo.storage import open_artifacts, open_storage
 
 STORAGE = "sqlite:///storage/hpo.db"
 
@@ -173,8 +174,17 @@ def test_binary_runs_record_and_show_roc_auc(
         for trial in trials:  # an untrained net may rank badly, but every trial has its AUC
             assert 0.0 <= trial.user_attrs["val_roc_auc"] <= 1.0
             assert 0.0 <= trial.user_attrs["test_roc_auc"] <= 1.0
-        best = min(trials, key=lambda t: t.value)
-        assert best.user_attrs["val_roc_auc"] > 0.9 and best.user_attrs["test_roc_auc"] > 0.9
+        top = min(trials, key=lambda t: t.value)
+        assert top.user_attrs["val_roc_auc"] > 0.9 and top.user_attrs["test_roc_auc"] > 0.9
+        # Both objectives are the log loss of the saved model on validation: the NN's
+        # binary cross-entropy and XGBoost's logloss are one quantity.
+        stored = open_stored("tiny", open_storage(must_exist=True))
+        load = load_nn_member if kind == "nn" else load_gbm_member
+        member = load(top, f"tiny-{kind}", open_artifacts(), stored.data)
+        pred = member.predict(stored.data.val.x)
+        assert validation_loss("binary", pred, stored.data.val.y) == pytest.approx(
+            top.value, rel=1e-3
+        )
     board = optuna.load_study(study_name="tiny-nn", storage=STORAGE).user_attrs["ensemble"]
     assert board["metric"] == "accuracy" and board["loss"] == "log_loss"
     for row in board["rows"]:
