@@ -31,6 +31,7 @@ from hpo.data import Dataset, Scaler
 from hpo.ensemble import EnsembleReport
 from hpo.errors import HpoError
 from hpo.members import GBMMember, Member, NNMember
+from hpo.metrics import MetricName
 from hpo.model import MLPSpec
 from hpo.spec import DataSpec, Scaling, Task
 
@@ -97,7 +98,7 @@ class Manifest(_Strict):
     name: str
     task: Task
     method: Literal["average", "greedy"]
-    metric: Literal["accuracy", "rmse"]
+    metric: MetricName
     classes: list[int | float | str] | None
     n_features: int = Field(ge=1)
     feature_names: list[str]

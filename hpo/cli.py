@@ -114,7 +114,7 @@ def run(
     # Imported after the workers start: torch takes seconds to import.
     from hpo.parallel import INTERRUPTS
     from hpo.runner import run_spec, study_targets
-    from hpo.summary import leaderboard_table, trial_summary, trials_table
+    from hpo.summary import leaderboard_table, objective_name, trial_summary, trials_table
 
     # Ctrl-C: the training trial ends as FAIL at once, no storage write is cut short, and a
     # signal that Python would drop (raised inside a finalizer) is kept, not lost.
@@ -134,7 +134,8 @@ def run(
             out.print(trials_table(study))
             best = trial_summary(study.best_trial)
             out.print(
-                f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}"
+                f"Best trial #{best['number']}: {objective_name(study)} {best['value']:.4f} "
+                f"{best['metrics']}"
             )
     out.print(leaderboard_table(spec.name, result.leaderboard))
 
@@ -397,7 +398,7 @@ def status(
 ) -> None:
     """Trial counts by state, the best value, and a table of the best trials."""
     from hpo.storage import load_study
-    from hpo.summary import state_counts, trials_table
+    from hpo.summary import objective_name, state_counts, trials_table
 
     _quiet_optuna()
     store = open_storage(storage, must_exist=True)
@@ -405,7 +406,10 @@ def status(
         study = load_study(study_name, store)
         counts = ", ".join(f"{k.lower()} {v}" for k, v in state_counts(study).items())
         try:
-            best = f"best value {study.best_value:.4f} (trial {study.best_trial.number})"
+            best = (
+                f"best {objective_name(study)} {study.best_value:.4f} "
+                f"(trial {study.best_trial.number})"
+            )
         except ValueError:
             best = "no completed trial yet"
         out.print(f"[bold]{study_name}[/]: {counts or 'no trials'}; {best}")
@@ -421,7 +425,7 @@ def best(
 ) -> None:
     """The best trial of each of the study's studies."""
     from hpo.storage import load_study
-    from hpo.summary import trial_summary
+    from hpo.summary import objective_name, trial_summary
 
     _quiet_optuna()
     store = open_storage(storage, must_exist=True)
@@ -429,7 +433,9 @@ def best(
     for study_name in _studies_for(name, store):
         study = load_study(study_name, store)
         try:
-            result[study_name] = trial_summary(study.best_trial)
+            result[study_name] = trial_summary(study.best_trial) | {
+                "objective": objective_name(study)
+            }
         except ValueError:
             raise HpoError(f"{study_name}: no completed trial yet") from None
     if as_json:
@@ -437,7 +443,8 @@ def best(
         return
     for study_name, summary in result.items():
         out.print(
-            f"[bold]{study_name}[/] best trial #{summary['number']}: value {summary['value']:.4f}"
+            f"[bold]{study_name}[/] best trial #{summary['number']}: "
+            f"{summary['objective']} {summary['value']:.4f}"
         )
         out.print(f"  metrics: {summary['metrics']}")
         out.print(f"  architecture: {summary['architecture']}")
@@ -503,6 +510,7 @@ def ensemble(
         stored.data,
         config,
         open_artifacts(artifacts),
+        metric=stored.spec.metric,
     )
     store_leaderboard(stored.nn_study, report.leaderboard)
     if as_json:
@@ -543,11 +551,13 @@ def export(
     """Write the study's ensemble (the spec's method) as a self-contained bundle."""
     from hpo.bundle import check_out_dir, export_bundle, target_name
     from hpo.ensemble import build_ensemble, open_stored, store_leaderboard
+    from hpo.sanity import check_studies_have_values, check_useful
 
     _quiet_optuna()
     check_out_dir(out_dir, force=force)
     store = open_storage(storage, must_exist=True)
     stored = open_stored(name, store)
+    check_studies_have_values(stored.spec.name, [stored.nn_study, stored.gbm_study])
     report = build_ensemble(
         stored.spec.name,
         stored.nn_study,
@@ -555,8 +565,10 @@ def export(
         stored.data,
         stored.spec.ensemble,
         open_artifacts(artifacts),
+        metric=stored.spec.metric,
     )
     store_leaderboard(stored.nn_study, report.leaderboard)
+    check_useful(stored.spec.name, report.leaderboard)  # never export a no-skill ensemble
     manifest = export_bundle(
         report, stored.data, out_dir, force=force, target=target_name(stored.spec.data)
     )

@@ -17,8 +17,9 @@ from optuna_integration import XGBoostPruningCallback
 
 from hpo.data import Dataset
 from hpo.locks import study_lock
-from hpo.members import GBMMember, metric, metric_name
-from hpo.nn_study import describe_study, make_pruner, make_sampler
+from hpo.members import GBMMember
+from hpo.metrics import recorded_metrics, scores
+from hpo.nn_study import describe_study, make_pruner, make_sampler, name_objective
 from hpo.parallel import INTERRUPTS, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
@@ -164,15 +165,12 @@ class GBMObjective:
         best_iteration: int,
         seconds: float,
     ) -> None:
-        name = metric_name(self.data.task)
-        attrs: dict[str, Any] = {
-            "val_loss": val_loss,
-            **{
-                f"{part}_{name}": metric(
-                    self.data.task, model.predict(getattr(self.data, part).x), split_y
-                )
-                for part, split_y in (("val", self.data.val.y), ("test", self.data.test.y))
-            },
+        names = recorded_metrics(self.data.task, self.spec.metric)
+        attrs: dict[str, Any] = {"val_loss": val_loss}
+        for part in ("val", "test"):
+            split = getattr(self.data, part)
+            attrs |= scores(names, part, model.predict(split.x), split.y)
+        attrs |= {
             "n_estimators_used": best_iteration + 1,
             "best_iteration": best_iteration,
             "rounds_run": rounds_run,
@@ -205,6 +203,7 @@ def open_gbm_study(
             pruner=make_pruner(spec, max_rounds, min_steps=min_rounds, warmup_steps=min_rounds),
         )
         describe_study(study, spec, data)
+        name_objective(study, spec.task)
         if exclusive or created:
             study.enqueue_trial(
                 baseline_params(space), user_attrs={"baseline": True}, skip_if_exists=True

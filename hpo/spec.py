@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hpo.errors import HpoError
 
@@ -31,6 +40,27 @@ ACTIVATIONS: tuple[Activation, ...] = Activation.__args__  # type: ignore[attr-d
 INITIALIZERS: tuple[Initializer, ...] = Initializer.__args__  # type: ignore[attr-defined]
 NORMALIZATIONS: tuple[Normalization, ...] = Normalization.__args__  # type: ignore[attr-defined]
 OPTIMIZERS: tuple[Optimizer, ...] = Optimizer.__args__  # type: ignore[attr-defined]
+# What the leaderboard ranks and the greedy ensemble optimizes (hpo.metrics computes them).
+MetricName = Literal[
+    "accuracy", "balanced_accuracy", "roc_auc", "log_loss", "f1", "rmse", "mae", "r2"
+]
+CLASSIFICATION_METRICS: tuple[MetricName, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "roc_auc",
+    "log_loss",
+    "f1",
+)
+REGRESSION_METRICS: tuple[MetricName, ...] = ("rmse", "mae", "r2")
+
+
+def metrics_for(task: Task) -> tuple[MetricName, ...]:
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+
+
+def default_metric(task: Task) -> MetricName:
+    """What hpo reported before ``metric:`` existed: RMSE for regression, else accuracy."""
+    return "rmse" if task == "regression" else "accuracy"
 
 
 class _Frozen(BaseModel):
@@ -257,6 +287,10 @@ class StudySpec(_Frozen):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     task: Task
+    # Left out: the task's default (accuracy, or rmse for regression).
+    metric: MetricName = Field(
+        default_factory=lambda data: default_metric(data.get("task", "multiclass"))
+    )
     data: DataSpec
     seed: int = 0
     sampler: Literal["tpe", "random", "gp", "qmc"] = "tpe"
@@ -269,6 +303,17 @@ class StudySpec(_Frozen):
     heartbeat_interval: int = Field(default=30, ge=1)
     grace_period: int = Field(default=120, ge=2)
     max_retry: int = Field(default=2, ge=0, description="retries of a trial whose worker died")
+
+    @field_validator("metric")
+    @classmethod
+    def _check_metric(cls, metric: MetricName, info: ValidationInfo) -> MetricName:
+        task = info.data.get("task")
+        if task is not None and metric not in metrics_for(task):
+            raise ValueError(
+                f"{metric!r} does not score a {task} task; choose one of "
+                + ", ".join(metrics_for(task))
+            )
+        return metric
 
     @property
     def nn_study_name(self) -> str:

@@ -30,7 +30,7 @@ def test_run_status_best(cli, write_spec, workdir: Path) -> None:
 
     status = cli("status", "tiny")
     assert status.exit_code == 0
-    assert "tiny-nn:" in status.stdout and "best value" in status.stdout
+    assert "tiny-nn:" in status.stdout and "best val_log_loss" in status.stdout
 
     best = cli("best", "tiny", "--json")
     summary = json.loads(best.stdout)["tiny-nn"]
