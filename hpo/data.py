@@ -183,15 +183,13 @@ def _encode_targets(
         except ValueError:
             raise HpoError(f"{source}: a regression target must be numeric") from None
         return *to_float, None
-    classes, y_idx = np.unique(
-        y if y_test is None else np.concatenate([y, y_test]), return_inverse=True
-    )
+    everything = y if y_test is None else np.concatenate([y, y_test])
+    classes, y_idx = np.unique(everything, return_inverse=True)
+    found = f"found {len(classes)}: {', '.join(map(str, classes[:5].tolist()))}"
     if task == "binary" and len(classes) != 2:
-        raise HpoError(
-            f"{source}: task 'binary' needs 2 classes in the target, found {len(classes)}"
-        )
+        raise HpoError(f"{source}: task 'binary' needs 2 classes in the target, {found}")
     if len(classes) < 2:
-        raise HpoError(f"{source}: classification needs at least 2 classes in the target, found 1")
+        raise HpoError(f"{source}: classification needs at least 2 classes in the target, {found}")
     y_idx = y_idx.astype(np.int64)
     if y_test is None:
         return y_idx, None, classes.tolist()

@@ -20,7 +20,7 @@ import pandas as pd
 from hpo.errors import HpoError
 
 SEPARATORS = (",", ";", "\t", "|")
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 
 
 @dataclass(frozen=True)

@@ -286,7 +286,7 @@ def test_predict_on_a_missing_bundle_or_input(
     _one_error_line(cli("predict", tmp_path / "none", "--input", tmp_path / "x.npy"), "no such")
     _one_error_line(cli("predict", tuned.bundle, "--input", tmp_path / "y.npy"), "no such input")
     (tmp_path / "x.txt").write_text("hello")
-    _one_error_line(cli("predict", tuned.bundle, "--input", tmp_path / "x.txt"), "not a CSV")
+    _one_error_line(cli("predict", tuned.bundle, "--input", tmp_path / "x.txt"), "not a table")
 
 
 def test_export_refuses_to_overwrite_unless_forced(
