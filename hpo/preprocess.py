@@ -33,6 +33,7 @@ MISSING_CODE, UNSEEN_CODE = 0, 1  # reserved embedding codes; levels start at 2
 # An embedded level seen fewer times in training is folded into the unseen code, so that
 # code is trained too (AutoGluon's CategoryFeatureGenerator uses minimum_cat_count=2).
 MIN_EMBED_COUNT = 2
+MEDIAN_ROWS = 10_000
 
 
 def as_text(values: pd.Series) -> pd.Series:
@@ -78,12 +79,17 @@ class Preprocessor:
 
     @classmethod
     def fit_array(cls, x: np.ndarray, names: list[str], scaling: Scaling) -> Preprocessor:
-        """All-numeric data without missing values (sklearn, IDX): vectorized, no copies."""
+        """All-numeric data without missing values (sklearn, IDX): vectorized, no copies.
+
+        The medians only fill gaps in later inputs, so at most ``MEDIAN_ROWS`` evenly
+        spaced training rows estimate them (a full median of MNIST takes a second).
+        """
+        sample = x[:: max(1, len(x) // MEDIAN_ROWS)]
         return cls(
             feature_names=names,
             numeric=names,
             categorical=[],
-            medians=np.median(x, axis=0).astype(np.float64),
+            medians=np.median(sample, axis=0).astype(np.float64),
             indicators=[],
             scaler=Scaler.fit(scaling, x.astype(np.float64)),
             ignored=[],
@@ -167,8 +173,10 @@ class Preprocessor:
         if isinstance(data, np.ndarray) and self.gbm_own_view:
             data = pd.DataFrame(data, columns=self.feature_names)
         if isinstance(data, np.ndarray):
-            x = data.astype(np.float64)
-            nn = self.scaler.transform(np.where(np.isnan(x), self.medians, x))
+            x = data
+            if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+                x = np.where(np.isnan(x), self.medians, x)
+            nn = self.scaler.transform(x)
             return {"nn": nn, "gbm": nn}
         df = data
         x = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
