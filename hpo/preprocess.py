@@ -118,6 +118,8 @@ class Preprocessor:
             counts = as_text(col).value_counts()
             embed = len(counts) > max_onehot
             kept = counts[counts >= MIN_EMBED_COUNT] if embed else counts
+            if embed and len(kept) == 0:
+                note(f"Warning: column {name!r}: no value repeats (an ID?); see data.drop")
             categories.append(CategoryColumn(str(name), sorted(map(str, kept.index)), embed))
         x = df[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
         has_missing = np.isnan(x).any(axis=0)
@@ -179,8 +181,7 @@ class Preprocessor:
             nn = self.scaler.transform(x)
             return {"nn": nn, "gbm": nn}
         df = data
-        x = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
-        x = np.where(np.isinf(x), np.nan, x)
+        x = self._numbers(df)
         missing = np.isnan(x)
         parts = [self.scaler.transform(np.where(missing, self.medians, x))]
         flags = [self.numeric.index(n) for n in self.indicators]
@@ -206,6 +207,25 @@ class Preprocessor:
         cats = [np.where(codes[c.name] >= 0, codes[c.name], np.nan) for c in self.categorical]
         gbm = np.column_stack([x, *cats]) if cats else x
         return {"nn": nn, "gbm": gbm.astype(np.float32)}
+
+    def _numbers(self, df: pd.DataFrame) -> np.ndarray:
+        """The numeric columns as floats, infinity as missing.
+
+        Raises:
+            InputError: a cell of a numeric column is not a number.
+        """
+        columns = []
+        for name in self.numeric:
+            col = df[name]
+            if not pd.api.types.is_numeric_dtype(col):
+                try:
+                    col = pd.to_numeric(col)
+                except (ValueError, TypeError):
+                    bad = col[pd.to_numeric(col, errors="coerce").isna() & col.notna()]
+                    raise InputError(f"column {name!r}: {bad.iloc[0]!r} is not a number") from None
+            columns.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
+        x = np.column_stack(columns) if columns else np.empty((len(df), 0))
+        return np.where(np.isinf(x), np.nan, x)
 
     def select_columns(self, df: pd.DataFrame) -> pd.DataFrame:
         """The training columns of ``df`` by name, in training order.

@@ -17,9 +17,11 @@ from typer.testing import CliRunner, Result
 import hpo
 from hpo.cli import app
 from hpo.data import load_dataset
+from hpo.ensemble import build_ensemble, open_stored
 from hpo.errors import InputError
 from hpo.preprocess import Preprocessor
 from hpo.spec import DataSpec
+from hpo.storage import open_artifacts, open_storage
 from hpo.tables import Dialect, read_table
 
 
@@ -316,3 +318,30 @@ def test_hpo_predict_on_a_new_csv(table_study: TableStudy, tmp_path: Path) -> No
     new.drop(columns=["code"]).to_csv(path, index=False)
     missing = CliRunner().invoke(app, ["predict", str(table_study.bundle), "--input", str(path)])
     _one_error_line(missing, "the input has no column 'code'")
+
+
+def test_text_in_a_numeric_column_at_predict_is_one_error(table_study: TableStudy) -> None:
+    model = hpo.load_ensemble(table_study.bundle)
+    rows = pd.DataFrame({"x": ["1.5", "lots"], "color": "red", "code": "c1", "flag": True})
+    with pytest.raises(InputError, match="column 'x': 'lots' is not a number"):
+        model.predict(rows)
+    assert len(model.predict(rows.assign(x=["1.5", "2"]))) == 2  # numbers as text are fine
+
+
+def test_the_bundle_predicts_as_the_study_did(table_study: TableStudy) -> None:
+    """JSON preprocessing and UBJSON boosters with native categories agree with the study."""
+    store = open_storage(f"sqlite:///{table_study.root / 'hpo.db'}", must_exist=True)
+    stored = open_stored("people", store)
+    report = build_ensemble(
+        "people",
+        stored.nn_study,
+        stored.gbm_study,
+        stored.data,
+        stored.spec.ensemble,
+        open_artifacts(str(table_study.root / "art")),
+    )
+    assert any(m.kind == "gbm" for m in report.members)
+    features = table_study.table.drop(columns=["id", "label"])
+    in_study = report.ensemble().predict(stored.data.preprocessor.transform(features))
+    bundle = hpo.load_ensemble(table_study.bundle).predict_proba(features)
+    np.testing.assert_allclose(bundle, in_study, atol=1e-6, rtol=0)
