@@ -586,7 +586,10 @@ def export(
 def predict(
     bundle: Annotated[Path, typer.Argument(metavar="DIR", help="Bundle directory (hpo export)")],
     input_path: Annotated[
-        Path, typer.Option("--input", help="Raw features: .csv (with header), .npy or IDX")
+        Path,
+        typer.Option(
+            "--input", help="Raw features: .csv or .parquet (columns by name), .npy or IDX"
+        ),
     ],
     output: Annotated[
         Path | None, typer.Option("--output", help="CSV to write [default: stdout]")
@@ -598,12 +601,13 @@ def predict(
     """Predict with an exported bundle alone: no database, no artifact store."""
     from hpo.estimator import EnsembleClassifier, load_ensemble
     from hpo.predict_files import predictions_csv, read_features, write_text
+    from hpo.tables import Dialect
 
     model = load_ensemble(bundle)
     manifest = model.manifest_
     if proba and not isinstance(model, EnsembleClassifier):
         raise HpoError("--proba needs a classification bundle; this one is regression")
-    x = read_features(input_path, feature_names=manifest.feature_names, target=manifest.target.name)
+    x = read_features(input_path, dialect=Dialect(**model.preprocessor_.read_options))
     if isinstance(model, EnsembleClassifier):
         probabilities = model.predict_proba(x)
         labels = model.classes_[probabilities.argmax(axis=1)]

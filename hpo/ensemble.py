@@ -17,7 +17,7 @@ attrs under ``"ensemble"``; the HTML report reads that contract.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -56,14 +56,19 @@ LEADERBOARD_KEY = "ensemble"
 
 @dataclass(frozen=True)
 class Ensemble:
-    """Members and their weights (summing to one); predicts from scaled features."""
+    """Members and their weights (summing to one); predicts from preprocessed features."""
 
     members: tuple[Member, ...]
     weights: np.ndarray
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """``x``: one matrix for every member, or one per member kind (``nn``, ``gbm``)."""
         used = [(m, w) for m, w in zip(self.members, self.weights, strict=True) if w > 0]
-        return combine([m.predict(x) for m, _ in used], np.array([w for _, w in used]))
+        views = [x[m.kind] if isinstance(x, Mapping) else x for m, _ in used]
+        return combine(
+            [m.predict(v) for (m, _), v in zip(used, views, strict=True)],
+            np.array([w for _, w in used]),
+        )
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,7 @@ def load_nn_member(
             n_classes=len(data.classes or []),
             y_mean=data.y_mean,
             y_std=data.y_std,
+            embedding_sizes=data.embedding_sizes,
         )
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -204,8 +210,8 @@ def build_ensemble(
     task = data.task
     metric = metric or default_metric(task)
     names = recorded_metrics(task, metric)
-    val = [m.predict(data.val.x) for m in members]
-    test = [m.predict(data.test.x) for m in members]
+    val = [m.predict(data.view(m.kind, "val")) for m in members]
+    test = [m.predict(data.view(m.kind, "test")) for m in members]
     weights: dict[Method, np.ndarray] = {
         "average": average_weights(len(members)),
         "greedy": greedy_weights(

@@ -1,7 +1,8 @@
 """The GBM study: an Optuna objective that boosts one XGBoost model per trial, and its run loop.
 
-Same splits and scaling as the NN study (the :class:`Dataset` arrays; images are already
-flattened). Early stopping watches the validation loss, and so does the pruner, through
+Same splits as the NN study; on a table XGBoost reads its own view of the data (missing
+values as NaN, categories natively), otherwise the NN study's matrix. Early stopping
+watches the validation loss, and so does the pruner, through
 ``optuna_integration.XGBoostPruningCallback``.
 """
 
@@ -113,8 +114,21 @@ class GBMObjective:
         self.spec, self.data, self.artifacts = spec, data, artifacts
         self.device = device or xgb_device()
         # Binned once per process and reused by every trial (hist needs quantiles only once).
-        self.dtrain = xgb.QuantileDMatrix(data.train.x, data.train.y, max_bin=spec.gbm.max_bin)
-        self.dval = xgb.DMatrix(data.val.x, data.val.y)
+        # A table's own view keeps NaN and carries category codes as native categoricals.
+        types = data.gbm_feature_types
+        self.dtrain = xgb.QuantileDMatrix(
+            data.view("gbm", "train"),
+            data.train.y,
+            max_bin=spec.gbm.max_bin,
+            feature_types=types,
+            enable_categorical=types is not None,
+        )
+        self.dval = xgb.DMatrix(
+            data.view("gbm", "val"),
+            data.val.y,
+            feature_types=types,
+            enable_categorical=types is not None,
+        )
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec.gbm.search_space)
@@ -169,7 +183,7 @@ class GBMObjective:
         attrs: dict[str, Any] = {"val_loss": val_loss}
         for part in ("val", "test"):
             split = getattr(self.data, part)
-            attrs |= scores(names, part, model.predict(split.x), split.y)
+            attrs |= scores(names, part, model.predict(self.data.view("gbm", part)), split.y)
         attrs |= {
             "n_estimators_used": best_iteration + 1,
             "best_iteration": best_iteration,

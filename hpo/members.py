@@ -1,4 +1,5 @@
-"""Ensemble members: one trained model each, predicting from scaled features.
+"""Ensemble members: one trained model each, predicting from its own preprocessed view
+(the MLP's matrix or XGBoost's, see :mod:`hpo.preprocess`).
 
 The in-study ensemble (models read from the artifact store) and a loaded bundle (models
 read from its files) both predict through these classes, so they agree to rounding.
@@ -10,6 +11,7 @@ array in the target's own units.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,13 +55,14 @@ class NNMember:
         n_classes: int,
         y_mean: float = 0.0,
         y_std: float = 1.0,
+        embedding_sizes: Sequence[int] = (),
     ) -> NNMember:
         """Build the network from its spec and load the weights (strict: every key must fit).
 
         Raises:
             RuntimeError, ValueError: the weights do not fit the spec's network.
         """
-        model = build_mlp(mlp_spec, n_features, n_outputs(task, n_classes))
+        model = build_mlp(mlp_spec, n_features, n_outputs(task, n_classes), embedding_sizes)
         model.load_state_dict(state, strict=True)
         model.eval()
         return cls(trial, mlp_spec, model, task, y_mean, y_std)

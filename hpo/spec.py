@@ -128,6 +128,9 @@ class NNSpace(_Frozen):
     learning_rate: FloatDim = FloatRange(low=1e-4, high=3e-2, log=True)
     optimizer: _choices(Optimizer) = list(OPTIMIZERS)  # type: ignore[valid-type]
     batch_size: _choices(int) = [32, 64, 128, 256]  # type: ignore[valid-type]
+    # Width of each category embedding; used only when a table has a column with more
+    # levels than data.max_onehot, yet recorded in every trial like the other dimensions.
+    embedding_dim: IntDim = IntRange(low=4, high=16, log=True)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> NNSpace:
@@ -260,25 +263,42 @@ class EnsembleConfig(_Frozen):
 
 
 class DataSpec(_Frozen):
-    """Where the data comes from and how it is split and scaled."""
+    """Where the data comes from, how a table is read, and how it is split and scaled."""
 
-    source: Literal["sklearn", "idx", "csv"]
+    source: Literal["sklearn", "idx", "csv", "parquet"]
     name: str | None = Field(default=None, description="sklearn dataset name")
-    path: str | None = Field(default=None, description="IDX directory or CSV file")
-    target: str | None = Field(default=None, description="CSV target column")
+    path: str | None = Field(default=None, description="IDX directory, CSV or Parquet file")
+    target: str | None = Field(default=None, description="table target column")
     scaling: Scaling = "standard"
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     limit: int | None = Field(default=None, ge=10, description="use only the first N rows")
+    # Tables (csv, parquet) only. Tuples, not lists: the frozen spec is a cache key.
+    sep: Literal[",", ";", "\t", "|"] | None = Field(
+        default=None, description="CSV separator; sniffed from the header line when unset"
+    )
+    thousands: str | None = Field(default=None, max_length=1, description="e.g. ',' in 3,750")
+    decimal: str = Field(default=".", min_length=1, max_length=1)
+    drop: tuple[str, ...] = Field(default=(), description="ID or leak columns to leave out")
+    categorical: tuple[str, ...] = Field(default=(), description="numeric-looking categories")
+    max_onehot: int = Field(
+        default=16, ge=1, description="most levels one-hot encoded; more get an embedding"
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> DataSpec:
         if self.source == "sklearn" and not self.name:
             raise ValueError("source 'sklearn' needs 'name'")
-        if self.source in ("idx", "csv") and not self.path:
+        if self.source in ("idx", "csv", "parquet") and not self.path:
             raise ValueError(f"source '{self.source}' needs 'path'")
-        if self.source == "csv" and not self.target:
-            raise ValueError("source 'csv' needs 'target' (the label column)")
+        if self.source in ("csv", "parquet") and not self.target:
+            raise ValueError(f"source '{self.source}' needs 'target' (the label column)")
+        if self.source not in ("csv", "parquet") and (self.drop or self.categorical):
+            raise ValueError("drop and categorical apply to csv and parquet tables only")
+        if self.thousands is not None and self.thousands == self.decimal:
+            raise ValueError("thousands and decimal must differ")
+        if self.target is not None and self.target in self.drop:
+            raise ValueError(f"the target {self.target!r} cannot also be dropped")
         return self
 
 

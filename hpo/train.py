@@ -162,7 +162,7 @@ def train_mlp(
     x, y = t["train_x"], t["train_y"]
     torch.manual_seed(seed)  # weights and dropout masks
     shuffle = torch.Generator(device=device).manual_seed(seed)
-    model = build_mlp(spec, data.n_features, data.n_outputs).to(device)
+    model = build_mlp(spec, data.n_features, data.n_outputs, data.embedding_sizes).to(device)
     optimizer = make_optimizer(spec, model)
     loss_fn = loss_function(data.task)
 
