@@ -107,6 +107,23 @@ def workers_scaling(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def busy_machine(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Busy machine** (`python benchmarks/busy_machine.py --repeats {r['repeats']}`; "
+        "seconds of one fixed trial, median of the repeats, quiet and beside one process "
+        "spinning on a core)",
+        "",
+        "| workload | machine | threads setting | threads | seconds | vs OMP_NUM_THREADS=1 |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['workload']} | {row['machine']} | {row['setting']} | {row['threads']} | "
+            f"{row['seconds']} | {row['vs_one_thread']}x |"
+        )
+    return lines
+
+
 def generic(r: dict[str, Any]) -> list[str]:
     """Any other result: its rows as a table, keys as columns."""
     rows = r.get("rows", [])
@@ -125,6 +142,7 @@ FORMATS = {
     "search_efficiency": search_efficiency,
     "end_to_end": end_to_end,
     "workers_scaling": workers_scaling,
+    "busy_machine": busy_machine,
 }
 
 

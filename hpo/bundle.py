@@ -27,15 +27,17 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpo import __version__
-from hpo.data import Dataset, Scaler
+from hpo.data import Dataset
 from hpo.ensemble import EnsembleReport
 from hpo.errors import HpoError
 from hpo.members import GBMMember, Member, NNMember
+from hpo.metrics import MetricName
 from hpo.model import MLPSpec
-from hpo.spec import DataSpec, Scaling, Task
+from hpo.preprocess import Preprocessor
+from hpo.spec import DataSpec, Task
 
 FORMAT = "hpo-ensemble"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fitted preprocessing (tables) replaced the scaler
 MANIFEST = "manifest.json"
 PACKAGES = ("numpy", "torch", "safetensors", "xgboost", "optuna", "scikit-learn")
 
@@ -46,12 +48,6 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ScalerParams(_Strict):
-    kind: Scaling
-    offset: list[float]
-    scale: list[float]
 
 
 class TargetParams(_Strict):
@@ -93,15 +89,15 @@ class ManifestMember(_Strict):
 
 class Manifest(_Strict):
     format: Literal["hpo-ensemble"]
-    format_version: Literal[1]
+    format_version: Literal[2]
     name: str
     task: Task
     method: Literal["average", "greedy"]
-    metric: Literal["accuracy", "rmse"]
+    metric: MetricName
     classes: list[int | float | str] | None
-    n_features: int = Field(ge=1)
+    n_features: int = Field(ge=1, description="raw input columns")
     feature_names: list[str]
-    scaler: ScalerParams
+    preprocessing: dict[str, Any]  # Preprocessor.to_dict(): fitted on the training split
     target: TargetParams
     members: list[ManifestMember] = Field(min_length=1)
     leaderboard: list[dict[str, Any]]
@@ -114,8 +110,12 @@ class Manifest(_Strict):
         n = self.n_features
         if len(self.feature_names) != n:
             raise ValueError(f"{len(self.feature_names)} feature_names for {n} features")
-        if len(self.scaler.offset) != n or len(self.scaler.scale) != n:
-            raise ValueError(f"scaler parameters are not {n} long")
+        try:
+            pre = Preprocessor.from_dict(self.preprocessing)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"preprocessing is not a valid fitted preprocessing: {e}") from None
+        if pre.feature_names != self.feature_names:
+            raise ValueError("preprocessing.feature_names differ from feature_names")
         if self.task == "regression" and self.classes is not None:
             raise ValueError("a regression bundle has no classes")
         if self.task != "regression" and (
@@ -142,7 +142,7 @@ class LoadedBundle:
     manifest: Manifest
     members: tuple[Member, ...]
     weights: np.ndarray
-    scaler: Scaler
+    preprocessor: Preprocessor
 
 
 def package_versions() -> dict[str, str]:
@@ -256,9 +256,9 @@ def export_bundle(
             "method": report.method,
             "metric": report.leaderboard["metric"],
             "classes": data.classes,
-            "n_features": data.n_features,
+            "n_features": len(data.feature_names),
             "feature_names": data.feature_names,
-            "scaler": data.scaler.to_dict(),
+            "preprocessing": data.preprocessor.to_dict(),
             "target": {"name": target, "mean": data.y_mean, "std": data.y_std},
             "members": members,
             "leaderboard": report.leaderboard["rows"],
@@ -371,16 +371,19 @@ def load_bundle(path: str | Path) -> LoadedBundle:
                 "refusing to load the bundle"
             )
         raws[name] = raw  # hashed and parsed from the same bytes: no swap in between
-    members = tuple(_load_member(m, raws[m.file], manifest, path) for m in manifest.members)
+    pre = Preprocessor.from_dict(manifest.preprocessing)  # validated with the manifest
+    members = tuple(_load_member(m, raws[m.file], manifest, pre, path) for m in manifest.members)
     return LoadedBundle(
         manifest=manifest,
         members=members,
         weights=np.array([m.weight for m in manifest.members], dtype=np.float64),
-        scaler=Scaler.from_dict(manifest.scaler.model_dump()),
+        preprocessor=pre,
     )
 
 
-def _load_member(member: ManifestMember, raw: bytes, manifest: Manifest, path: Path) -> Member:
+def _load_member(
+    member: ManifestMember, raw: bytes, manifest: Manifest, pre: Preprocessor, path: Path
+) -> Member:
     try:
         if member.kind == "nn":
             assert member.mlp_spec is not None
@@ -389,10 +392,11 @@ def _load_member(member: ManifestMember, raw: bytes, manifest: Manifest, path: P
                 MLPSpec.from_dict(member.mlp_spec),
                 safetensors.torch.load(raw),
                 task=manifest.task,
-                n_features=manifest.n_features,
+                n_features=len(pre.nn_feature_names),
                 n_classes=len(manifest.classes or []),
                 y_mean=manifest.target.mean,
                 y_std=manifest.target.std,
+                embedding_sizes=pre.embedding_sizes,
             )
         return GBMMember.from_bytes(member.trial, raw, task=manifest.task)
     except (

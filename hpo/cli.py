@@ -117,7 +117,7 @@ def run(
     # Imported after the workers start: torch takes seconds to import.
     from hpo.parallel import INTERRUPTS
     from hpo.runner import run_spec, study_targets
-    from hpo.summary import leaderboard_table, trial_summary, trials_table
+    from hpo.summary import leaderboard_table, objective_name, trial_summary, trials_table
 
     # Ctrl-C: the training trial ends as FAIL at once, no storage write is cut short, and a
     # signal that Python would drop (raised inside a finalizer) is kept, not lost.
@@ -137,7 +137,8 @@ def run(
             out.print(trials_table(study))
             best = trial_summary(study.best_trial)
             out.print(
-                f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}"
+                f"Best trial #{best['number']}: {objective_name(study)} {best['value']:.4f} "
+                f"{best['metrics']}"
             )
     out.print(leaderboard_table(spec.name, result.leaderboard))
 
@@ -403,7 +404,7 @@ def status(
 ) -> None:
     """Trial counts by state, the best value, and a table of the best trials."""
     from hpo.storage import load_study
-    from hpo.summary import state_counts, trials_table
+    from hpo.summary import objective_name, state_counts, trials_table
 
     _quiet_optuna()
     store = open_storage(storage, must_exist=True)
@@ -411,7 +412,10 @@ def status(
         study = load_study(study_name, store)
         counts = ", ".join(f"{k.lower()} {v}" for k, v in state_counts(study).items())
         try:
-            best = f"best value {study.best_value:.4f} (trial {study.best_trial.number})"
+            best = (
+                f"best {objective_name(study)} {study.best_value:.4f} "
+                f"(trial {study.best_trial.number})"
+            )
         except ValueError:
             best = "no completed trial yet"
         out.print(f"[bold]{study_name}[/]: {counts or 'no trials'}; {best}")
@@ -427,7 +431,7 @@ def best(
 ) -> None:
     """The best trial of each of the study's studies."""
     from hpo.storage import load_study
-    from hpo.summary import trial_summary
+    from hpo.summary import objective_name, trial_summary
 
     _quiet_optuna()
     store = open_storage(storage, must_exist=True)
@@ -435,7 +439,9 @@ def best(
     for study_name in _studies_for(name, store):
         study = load_study(study_name, store)
         try:
-            result[study_name] = trial_summary(study.best_trial)
+            result[study_name] = trial_summary(study.best_trial) | {
+                "objective": objective_name(study)
+            }
         except ValueError:
             raise HpoError(f"{study_name}: no completed trial yet") from None
     if as_json:
@@ -443,7 +449,8 @@ def best(
         return
     for study_name, summary in result.items():
         out.print(
-            f"[bold]{study_name}[/] best trial #{summary['number']}: value {summary['value']:.4f}"
+            f"[bold]{study_name}[/] best trial #{summary['number']}: "
+            f"{summary['objective']} {summary['value']:.4f}"
         )
         out.print(f"  metrics: {summary['metrics']}")
         out.print(f"  architecture: {summary['architecture']}")
@@ -511,6 +518,7 @@ def ensemble(
         stored.data,
         config,
         open_artifacts(artifacts),
+        metric=stored.spec.metric,
     )
     store_leaderboard(stored.nn_study, report.leaderboard)
     if as_json:
@@ -551,11 +559,13 @@ def export(
     """Write the study's ensemble (the spec's method) as a self-contained bundle."""
     from hpo.bundle import check_out_dir, export_bundle, target_name
     from hpo.ensemble import build_ensemble, open_stored, store_leaderboard
+    from hpo.sanity import check_studies_have_values, check_useful
 
     _quiet_optuna()
     check_out_dir(out_dir, force=force)
     store = open_storage(storage, must_exist=True)
     stored = open_stored(name, store)
+    check_studies_have_values(stored.spec.name, [stored.nn_study, stored.gbm_study])
     report = build_ensemble(
         stored.spec.name,
         stored.nn_study,
@@ -563,8 +573,10 @@ def export(
         stored.data,
         stored.spec.ensemble,
         open_artifacts(artifacts),
+        metric=stored.spec.metric,
     )
     store_leaderboard(stored.nn_study, report.leaderboard)
+    check_useful(stored.spec.name, report.leaderboard)  # never export a no-skill ensemble
     manifest = export_bundle(
         report, stored.data, out_dir, force=force, target=target_name(stored.spec.data)
     )
@@ -582,7 +594,10 @@ def export(
 def predict(
     bundle: Annotated[Path, typer.Argument(metavar="DIR", help="Bundle directory (hpo export)")],
     input_path: Annotated[
-        Path, typer.Option("--input", help="Raw features: .csv (with header), .npy or IDX")
+        Path,
+        typer.Option(
+            "--input", help="Raw features: .csv or .parquet (columns by name), .npy or IDX"
+        ),
     ],
     output: Annotated[
         Path | None, typer.Option("--output", help="CSV to write [default: stdout]")
@@ -594,12 +609,13 @@ def predict(
     """Predict with an exported bundle alone: no database, no artifact store."""
     from hpo.estimator import EnsembleClassifier, load_ensemble
     from hpo.predict_files import predictions_csv, read_features, write_text
+    from hpo.tables import Dialect
 
     model = load_ensemble(bundle)
     manifest = model.manifest_
     if proba and not isinstance(model, EnsembleClassifier):
         raise HpoError("--proba needs a classification bundle; this one is regression")
-    x = read_features(input_path, feature_names=manifest.feature_names, target=manifest.target.name)
+    x = read_features(input_path, dialect=Dialect(**model.preprocessor_.read_options))
     if isinstance(model, EnsembleClassifier):
         probabilities = model.predict_proba(x)
         labels = model.classes_[probabilities.argmax(axis=1)]

@@ -1,13 +1,13 @@
-"""Datasets: load, split with a fixed seed, scale on the training split only.
+"""Datasets: load, split with a fixed seed, preprocess on the training split only.
 
-Every source ends in the same :class:`Dataset`: float32 feature matrices for train,
-validation and test, integer class labels (or float targets), and the :class:`Scaler` that
-the exported bundle repeats on raw inputs.
+Every source ends in the same :class:`Dataset`: float32 matrices for train, validation and
+test (the MLP's, plus XGBoost's own where a table needs one), integer class labels (or
+float targets), and the fitted :class:`~hpo.preprocess.Preprocessor` that the exported
+bundle repeats on raw inputs.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import os
 import stat
@@ -16,67 +16,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from hpo.errors import HpoError
 from hpo.idx import FILES, find_idx_file, read_idx
-from hpo.spec import DataSpec, Scaling, Task
+from hpo.preprocess import Preprocessor, as_text
+from hpo.scaler import Scaler
+from hpo.spec import DataSpec, Task
+from hpo.tables import Dialect, note, read_table
+
+__all__ = ["Dataset", "Scaler", "Split", "load_dataset", "read_table", "resolve_data_path"]
 
 SKLEARN_DATASETS = ("digits", "wine", "breast_cancer", "iris", "diabetes")
 
 
 @dataclass(frozen=True)
-class Scaler:
-    """``x' = (x - offset) / scale`` per feature; fitted on the training split only."""
-
-    kind: Scaling
-    offset: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def fit(cls, kind: Scaling, x: np.ndarray) -> Scaler:
-        lo, hi = x.min(axis=0), x.max(axis=0)
-        if kind == "minmax":  # to [0, 1]
-            offset, scale = lo, hi - lo
-        elif kind == "minmax_symmetric":  # to [-1, 1]
-            offset, scale = (hi + lo) / 2, (hi - lo) / 2
-        elif kind == "standard":
-            offset, scale = x.mean(axis=0), x.std(axis=0)
-        else:
-            offset, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
-        # A constant feature (an always-black MNIST corner) is shifted, not divided by zero.
-        scale = np.where(scale > 0, scale, 1.0)
-        return cls(kind, offset.astype(np.float32), scale.astype(np.float32))
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return ((x.astype(np.float32) - self.offset) / self.scale).astype(np.float32)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "offset": self.offset.tolist(), "scale": self.scale.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Scaler:
-        return cls(
-            d["kind"], np.asarray(d["offset"], np.float32), np.asarray(d["scale"], np.float32)
-        )
-
-
-@dataclass(frozen=True)
 class Split:
-    x: np.ndarray  # float32, scaled, (n, n_features)
+    x: np.ndarray  # the MLP's float32 matrix, (n, n_features)
     y: np.ndarray  # int64 class index, or float32 target in original units
+    x_gbm: np.ndarray | None = None  # XGBoost's own matrix (NaN, category codes), if any
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Scaled splits plus what is needed to undo or repeat the preprocessing."""
+    """Preprocessed splits plus what is needed to undo or repeat the preprocessing."""
 
     task: Task
     train: Split
     val: Split
     test: Split
-    scaler: Scaler
-    feature_names: list[str]
+    preprocessor: Preprocessor
+    feature_names: list[str]  # the raw input columns
     classes: list[Any] | None  # original labels, index = class id; None for regression
     source: str
     # Regression targets are standardized for training; these undo it (0 and 1 otherwise).
@@ -85,13 +56,32 @@ class Dataset:
     _tensors: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
+    def scaler(self) -> Scaler:
+        return self.preprocessor.scaler
+
+    @property
     def n_features(self) -> int:
+        """Columns of the MLP's matrix (one-hot and indicator columns included)."""
         return self.train.x.shape[1]
 
     @property
     def n_outputs(self) -> int:
         """Width of the network's last layer: one logit for binary and regression."""
         return len(self.classes) if self.task == "multiclass" and self.classes else 1
+
+    @property
+    def embedding_sizes(self) -> list[int]:
+        """Rows of each category embedding (its code columns end the MLP's matrix)."""
+        return self.preprocessor.embedding_sizes
+
+    @property
+    def gbm_feature_types(self) -> list[str] | None:
+        return self.preprocessor.gbm_feature_types
+
+    def view(self, kind: str, part: str) -> np.ndarray:
+        """The ``part`` split's matrix for a member ``kind`` (``nn`` or ``gbm``)."""
+        split: Split = getattr(self, part)
+        return split.x_gbm if kind == "gbm" and split.x_gbm is not None else split.x
 
     def tensors(self, device: str) -> dict[str, Any]:
         """The splits as tensors on ``device``, made once per dataset and device."""
@@ -111,45 +101,75 @@ class Dataset:
 
 @functools.cache
 def load_dataset(spec: DataSpec, task: Task, base_dir: Path, seed: int) -> Dataset:
-    """Load, split and scale once per process (the spec is frozen, so it is a cache key)."""
-    x, y, x_test, y_test, names, source = _load_raw(spec, base_dir)
+    """Load, split and preprocess once per process (the frozen spec is a cache key)."""
+    raw = _load_raw(spec, base_dir)
+    x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
     if spec.limit is not None:
         x, y = x[: spec.limit], y[: spec.limit]
         if x_test is not None and y_test is not None:
             x_test, y_test = x_test[: spec.limit], y_test[: spec.limit]
-    y, y_test, classes = _encode_targets(task, y, y_test, source)
+    y, y_test, classes = _encode_targets(task, y, y_test, raw.source)
     stratify = task != "regression"
+    rows = np.arange(len(y))
     try:
         if x_test is None:
-            x, x_test, y, y_test = train_test_split(
-                x,
-                y,
+            rows, test_rows = train_test_split(
+                rows,
                 test_size=spec.test_fraction,
                 random_state=seed,
                 stratify=y if stratify else None,
             )
             val_size = spec.validation_fraction / (1 - spec.test_fraction)
         else:
+            test_rows = None
             val_size = spec.validation_fraction
-        x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=val_size, random_state=seed, stratify=y if stratify else None
+        train_rows, val_rows = train_test_split(
+            rows,
+            test_size=val_size,
+            random_state=seed,
+            stratify=y[rows] if stratify else None,
         )
     except ValueError as e:
-        raise HpoError(f"{source}: cannot split the data ({e})") from None
-    assert y_test is not None
-    scaler = Scaler.fit(spec.scaling, x_train.astype(np.float64))
+        raise HpoError(f"{raw.source}: cannot split the data ({e})") from None
+
+    def take(rows_: np.ndarray) -> pd.DataFrame | np.ndarray:
+        return x.iloc[rows_] if isinstance(x, pd.DataFrame) else x[rows_]
+
+    x_train = take(train_rows)
+    if isinstance(x_train, pd.DataFrame):
+        pre = Preprocessor.fit_frame(
+            x_train,
+            categorical=spec.categorical,
+            max_onehot=spec.max_onehot,
+            scaling=spec.scaling,
+            ignored=[str(spec.target), *spec.drop],
+            read_options={"sep": spec.sep, "thousands": spec.thousands, "decimal": spec.decimal},
+        )
+    else:
+        pre = Preprocessor.fit_array(x_train, raw.names, spec.scaling)
+
+    def split(features: pd.DataFrame | np.ndarray, target: np.ndarray) -> Split:
+        views = pre.transform(features)
+        return Split(views["nn"], target, views["gbm"] if pre.gbm_own_view else None)
+
+    if test_rows is None:
+        assert x_test is not None and y_test is not None
+        test = split(x_test, y_test)
+    else:
+        test = split(take(test_rows), y[test_rows])
+    y_train = y[train_rows]
     y_mean, y_std = (
         (float(y_train.mean()), float(y_train.std()) or 1.0) if task == "regression" else (0.0, 1.0)
     )
     return Dataset(
         task=task,
-        train=Split(scaler.transform(x_train), y_train),
-        val=Split(scaler.transform(x_val), y_val),
-        test=Split(scaler.transform(x_test), y_test),
-        scaler=scaler,
-        feature_names=names,
+        train=split(x_train, y_train),
+        val=split(take(val_rows), y[val_rows]),
+        test=test,
+        preprocessor=pre,
+        feature_names=raw.names,
         classes=classes,
-        source=source,
+        source=raw.source,
         y_mean=y_mean,
         y_std=y_std,
     )
@@ -164,18 +184,27 @@ def _encode_targets(
         except ValueError:
             raise HpoError(f"{source}: a regression target must be numeric") from None
         return *to_float, None
-    classes = np.unique(y if y_test is None else np.concatenate([y, y_test]))
+    everything = y if y_test is None else np.concatenate([y, y_test])
+    classes, y_idx = np.unique(everything, return_inverse=True)
+    found = f"found {len(classes)}: {', '.join(map(str, classes[:5].tolist()))}"
     if task == "binary" and len(classes) != 2:
-        raise HpoError(f"{source}: task 'binary' needs 2 classes, found {len(classes)}")
+        raise HpoError(f"{source}: task 'binary' needs 2 classes in the target, {found}")
     if len(classes) < 2:
-        raise HpoError(f"{source}: classification needs at least 2 classes")
-    encode = {c: i for i, c in enumerate(classes.tolist())}
-    y_idx = np.array([encode[v] for v in y.tolist()], dtype=np.int64)
-    y_test_idx = None if y_test is None else np.array([encode[v] for v in y_test.tolist()])
-    return y_idx, y_test_idx, classes.tolist()
+        raise HpoError(f"{source}: classification needs at least 2 classes in the target, {found}")
+    y_idx = y_idx.astype(np.int64)
+    if y_test is None:
+        return y_idx, None, classes.tolist()
+    return y_idx[: len(y)], y_idx[len(y) :], classes.tolist()
 
 
-RawData = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, list[str], str]
+@dataclass(frozen=True)
+class RawData:
+    x: pd.DataFrame | np.ndarray
+    y: np.ndarray
+    x_test: pd.DataFrame | np.ndarray | None
+    y_test: np.ndarray | None
+    names: list[str]
+    source: str
 
 
 def _load_raw(spec: DataSpec, base_dir: Path) -> RawData:
@@ -184,7 +213,7 @@ def _load_raw(spec: DataSpec, base_dir: Path) -> RawData:
     path = resolve_data_path(str(spec.path), base_dir, spec.source)
     if spec.source == "idx":
         return _load_idx_dir(path)
-    return _load_csv(path, str(spec.target))
+    return _load_table(spec, path)
 
 
 def resolve_data_path(path: str, base_dir: Path, source: str) -> Path:
@@ -215,7 +244,7 @@ def _load_sklearn(name: str) -> RawData:
     names = [str(n) for n in getattr(bunch, "feature_names", [])] or [
         f"x{i}" for i in range(bunch.data.shape[1])
     ]
-    return bunch.data, bunch.target, None, None, names, f"sklearn:{name}"
+    return RawData(bunch.data, bunch.target, None, None, names, f"sklearn:{name}")
 
 
 def _load_idx_dir(path: Path) -> RawData:
@@ -230,49 +259,44 @@ def _load_idx_dir(path: Path) -> RawData:
     if len(x) != len(y) or len(x_test) != len(y_test):
         raise HpoError(f"{path}: image and label counts differ")
     names = [f"pixel{i}" for i in range(x.shape[1])]
-    return x, y, x_test, y_test, names, str(path)
+    return RawData(x, y, x_test, y_test, names, str(path))
 
 
-def _load_csv(path: Path, target: str) -> RawData:
-    header, body = read_csv(path)
-    if target not in header:
-        raise HpoError(f"{path}: no target column {target!r}; columns are {', '.join(header)}")
-    t = header.index(target)
-    features = [i for i in range(len(header)) if i != t]
-    x = numeric_columns(path, header, body, features)
-    y = np.array([row[t].strip() for row in body])
-    if all(v.lstrip("-").isdigit() for v in y):  # integer labels stay numbers: 0, 1, not '0'
-        y = y.astype(np.int64)
-    return x, y, None, None, [header[i] for i in features], str(path)
+def _load_table(spec: DataSpec, path: Path) -> RawData:
+    """Features as a DataFrame and the target as an array, after the spec's drops.
 
-
-def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    """A CSV's header (stripped) and its non-blank data rows, each as long as the header."""
-    try:
-        with path.open(newline="") as f:
-            rows = [row for row in csv.reader(f) if row]
-    except (OSError, UnicodeDecodeError) as e:
-        raise HpoError(f"{path}: cannot read CSV ({e})") from None
-    if len(rows) < 2:
-        raise HpoError(f"{path}: a CSV needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise HpoError(f"{path}: line {r} has {len(row)} fields, the header has {len(header)}")
-    return header, rows[1:]
-
-
-def numeric_columns(
-    path: Path, header: list[str], body: list[list[str]], columns: list[int]
-) -> np.ndarray:
-    """The given columns as a float matrix; a non-number names its line and column."""
-    x = np.empty((len(body), len(columns)), dtype=np.float64)
-    for r, row in enumerate(body):
-        for j, i in enumerate(columns):
-            try:
-                x[r, j] = float(row[i])
-            except ValueError:
-                raise HpoError(
-                    f"{path}: line {r + 2}, column {header[i]!r}: {row[i]!r} is not a number"
-                ) from None
-    return x
+    Raises:
+        HpoError: a named column is missing, or a feature column is empty in every row.
+    """
+    dialect = Dialect(spec.sep, spec.thousands, spec.decimal)
+    df = read_table(path, dialect)
+    columns = list(df.columns)
+    target = str(spec.target)
+    if target not in columns:
+        raise HpoError(f"{path}: no target column {target!r}; columns are {', '.join(columns)}")
+    for key in ("drop", "categorical"):
+        unknown = [c for c in getattr(spec, key) if c not in columns]
+        if unknown:
+            raise HpoError(f"{path}: data.{key} names no column {', '.join(map(repr, unknown))}")
+    kept = df[df[target].notna()]
+    if len(kept) < len(df):
+        note(f"{path}: dropped {len(df) - len(kept)} row(s) whose target {target!r} is missing")
+    if len(kept) == 0:
+        raise HpoError(f"{path}: the target column {target!r} is empty in every row")
+    features = kept.drop(columns=[target, *spec.drop])
+    if features.shape[1] == 0:
+        raise HpoError(f"{path}: no feature columns left besides the target")
+    empty = [str(c) for c in features.columns if features[c].isna().all()]
+    if empty:
+        raise HpoError(
+            f"{path}: column(s) {', '.join(map(repr, empty))} are empty in every row; "
+            "leave them out with data.drop"
+        )
+    y_col = kept[target]
+    if pd.api.types.is_numeric_dtype(y_col) and not pd.api.types.is_bool_dtype(y_col):
+        y = y_col.to_numpy()
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)  # 0.0/1.0 labels stay the numbers 0 and 1
+    else:
+        y = as_text(y_col).to_numpy(dtype=object).astype(str)
+    return RawData(features, y, None, None, [str(c) for c in features.columns], str(path))

@@ -5,16 +5,19 @@ Nothing is retrained: members are the saved models of finished trials. Two weigh
 - ``average``: the plain mean of the members' probabilities (or predictions, for regression);
 - ``greedy``: Caruana et al. (2004) ensemble selection with replacement, fitted on the
   validation split as AutoGluon and auto-sklearn do. Each round adds the member that most
-  lowers the validation loss of the running mean; the best prefix of the picks is kept, and
-  a member's weight is the share of picks that chose it.
+  improves the spec's ``metric`` of the running mean on validation (ties: the lower
+  validation loss); the best prefix of the picks is kept, and a member's weight is the
+  share of picks that chose it.
 
-The leaderboard (members, then both ensembles, with validation and test metrics) is stored
-in the NN study's user attrs under ``"ensemble"``; the HTML report reads that contract.
+The leaderboard (members ranked by the validation metric, then both ensembles, with
+validation and test scores, and the no-skill baseline) is stored in the NN study's user
+attrs under ``"ensemble"``; the HTML report reads that contract.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +30,20 @@ from pydantic import ValidationError
 
 from hpo.data import Dataset, load_dataset
 from hpo.errors import HpoError
-from hpo.members import GBMMember, Member, NNMember, combine, loss, metric, metric_name
+from hpo.members import GBMMember, Member, NNMember, combine
+from hpo.metrics import (
+    HIGHER_IS_BETTER,
+    MetricName,
+    constant_prediction,
+    default_metric,
+    loss_name,
+    no_skill_name,
+    recorded_metrics,
+    score,
+    scores,
+    selection_key,
+    validation_loss,
+)
 from hpo.model import MLPSpec
 from hpo.spec import EnsembleConfig, StudySpec
 from hpo.storage import load_study
@@ -40,14 +56,19 @@ LEADERBOARD_KEY = "ensemble"
 
 @dataclass(frozen=True)
 class Ensemble:
-    """Members and their weights (summing to one); predicts from scaled features."""
+    """Members and their weights (summing to one); predicts from preprocessed features."""
 
     members: tuple[Member, ...]
     weights: np.ndarray
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """``x``: one matrix for every member, or one per member kind (``nn``, ``gbm``)."""
         used = [(m, w) for m, w in zip(self.members, self.weights, strict=True) if w > 0]
-        return combine([m.predict(x) for m, _ in used], np.array([w for _, w in used]))
+        views = [x[m.kind] if isinstance(x, Mapping) else x for m, _ in used]
+        return combine(
+            [m.predict(v) for (m, _), v in zip(used, views, strict=True)],
+            np.array([w for _, w in used]),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,24 +91,25 @@ def average_weights(n: int) -> np.ndarray:
 
 
 def greedy_weights(
-    predictions: list[np.ndarray], score: Any, rounds: int
-) -> tuple[np.ndarray, list[float]]:
-    """Caruana ensemble selection with replacement; ``score(pred)`` is a loss to minimize.
+    predictions: list[np.ndarray], score: Callable[[np.ndarray], Any], rounds: int
+) -> tuple[np.ndarray, list[Any]]:
+    """Caruana ensemble selection with replacement; ``score(pred)`` is what to minimize: a
+    loss, or a tuple compared in order (see :func:`hpo.metrics.selection_key`).
 
-    Returns the weights of the best prefix of picks and the loss after each pick.
+    Returns the weights of the best prefix of picks and the score after each pick.
     Ties go to the earlier member (better ranked, as members come sorted by their study).
     """
     n = len(predictions)
     picks: list[int] = []
-    trajectory: list[float] = []
+    trajectory: list[Any] = []
     running = np.zeros_like(predictions[0])
     for r in range(rounds):
         losses = [score((running * r + p) / (r + 1)) for p in predictions]
-        best = int(np.argmin(losses))
+        best = min(range(n), key=losses.__getitem__)  # the first of equals
         picks.append(best)
         trajectory.append(losses[best])
         running = (running * r + predictions[best]) / (r + 1)
-    keep = int(np.argmin(trajectory)) + 1
+    keep = min(range(rounds), key=trajectory.__getitem__) + 1
     counts = np.bincount(picks[:keep], minlength=n).astype(np.float64)
     return counts / counts.sum(), trajectory
 
@@ -129,6 +151,7 @@ def load_nn_member(
             n_classes=len(data.classes or []),
             y_mean=data.y_mean,
             y_std=data.y_std,
+            embedding_sizes=data.embedding_sizes,
         )
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -159,8 +182,12 @@ def build_ensemble(
     data: Dataset,
     config: EnsembleConfig,
     artifacts: optuna.artifacts.FileSystemArtifactStore,
+    metric: MetricName | None = None,
 ) -> EnsembleReport:
     """Load the best ``nn_members`` and ``gbm_members`` trials, weight them both ways, score.
+
+    ``metric`` (the spec's; the task's default if None) is what greedy selection optimizes
+    and the leaderboard ranks.
 
     Raises:
         HpoError: no finished trial in either study, or a saved model is missing.
@@ -180,21 +207,25 @@ def build_ensemble(
     if gbm_study is not None:
         members += [load_gbm_member(t, gbm_study.study_name, artifacts, data) for t in gbm_trials]
 
-    task, y_std = data.task, data.y_std
-    val = [m.predict(data.val.x) for m in members]
-    test = [m.predict(data.test.x) for m in members]
+    task = data.task
+    metric = metric or default_metric(task)
+    names = recorded_metrics(task, metric)
+    val = [m.predict(data.view(m.kind, "val")) for m in members]
+    test = [m.predict(data.view(m.kind, "test")) for m in members]
     weights: dict[Method, np.ndarray] = {
         "average": average_weights(len(members)),
         "greedy": greedy_weights(
-            val, lambda p: loss(task, p, data.val.y, y_std), config.greedy_rounds
+            val, selection_key(task, metric, data.val.y), config.greedy_rounds
         )[0],
     }
 
-    def scores(v: np.ndarray, t: np.ndarray) -> dict[str, float]:
+    def row_scores(v: np.ndarray, t: np.ndarray) -> dict[str, float]:
         return {
-            "val_loss": loss(task, v, data.val.y, y_std),
-            "val_metric": metric(task, v, data.val.y),
-            "test_metric": metric(task, t, data.test.y),
+            "val_loss": validation_loss(task, v, data.val.y),
+            "val_metric": score(metric, v, data.val.y),
+            "test_metric": score(metric, t, data.test.y),
+            **scores(names, "val", v, data.val.y),
+            **scores(names, "test", t, data.test.y),
         }
 
     rows: list[dict[str, Any]] = [
@@ -203,10 +234,12 @@ def build_ensemble(
             "kind": m.kind,
             "trial": m.trial,
             "weight": float(weights[config.method][i]),
-            **scores(val[i], test[i]),
+            **row_scores(val[i], test[i]),
         }
         for i, m in enumerate(members)
     ]
+    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+    rows.sort(key=lambda r: sign * r["val_metric"] if np.isfinite(r["val_metric"]) else np.inf)
     for method in METHODS:
         w = weights[method]
         rows.append(
@@ -215,10 +248,23 @@ def build_ensemble(
                 "kind": "ensemble",
                 "trial": None,
                 "weight": None,
-                **scores(combine(val, w), combine(test, w)),
+                **row_scores(combine(val, w), combine(test, w)),
             }
         )
-    leaderboard = {"method": config.method, "metric": metric_name(task), "rows": rows}
+    n_classes = len(data.classes or [])
+    no_skill = constant_prediction(task, data.train.y, len(data.val.y), n_classes)
+    leaderboard = {
+        "method": config.method,
+        "metric": metric,
+        "higher_is_better": HIGHER_IS_BETTER[metric],
+        "loss": loss_name(task),
+        "baseline": {
+            "name": no_skill_name(task),
+            "val_loss": validation_loss(task, no_skill, data.val.y),
+            "val_metric": score(metric, no_skill, data.val.y),
+        },
+        "rows": rows,
+    }
     return EnsembleReport(
         name=name,
         members=tuple(members),

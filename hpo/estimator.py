@@ -5,9 +5,14 @@
 >>> model.predict(X)            # original class labels (or values, for regression)
 >>> model.predict_proba(X)      # columns in the order of model.classes_
 
-``X`` is raw features, as in the data the study was tuned on: the bundle's own scaler is
-applied here. The estimator follows scikit-learn's conventions: ``__init__`` only stores
-the bundle path; ``fit`` loads the (already trained) bundle; fitted state ends in ``_``.
+``X`` is raw features, as in the data the study was tuned on: the bundle's own fitted
+preprocessing (imputation, categories, scaling) is applied here. A pandas DataFrame is
+matched to the training columns by name, like scikit-learn's ``feature_names_in_``: extra
+columns are ignored with a warning, a missing one is an error. A numpy array is taken
+positionally, for all-numeric data only, and must hold no NaN or infinity.
+
+The estimator follows scikit-learn's conventions: ``__init__`` only stores the bundle path;
+``fit`` loads the (already trained) bundle; fitted state ends in ``_``.
 """
 
 from __future__ import annotations
@@ -16,16 +21,13 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hpo.bundle import LoadedBundle, load_bundle
-from hpo.errors import HpoError
+from hpo.errors import InputError
 from hpo.members import Member, combine
-
-
-class InputError(HpoError, ValueError):
-    """Input of the wrong shape or type: an HpoError for the CLI, a ValueError for sklearn."""
 
 
 class _BundleEstimator(BaseEstimator):
@@ -45,18 +47,25 @@ class _BundleEstimator(BaseEstimator):
         self.manifest_ = m
         self.members_: tuple[Member, ...] = bundle.members
         self.weights_ = bundle.weights
-        self.scaler_ = bundle.scaler
+        self.preprocessor_ = bundle.preprocessor
         self.n_features_in_ = m.n_features
         self.feature_names_in_ = np.asarray(m.feature_names, dtype=object)
         return self
 
     def _combined(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "members_")
-        x = self._check_input(X)
-        scaled = self.scaler_.transform(x)
-        return combine([m.predict(scaled) for m in self.members_], self.weights_)
+        if isinstance(X, pd.DataFrame):
+            views = self.preprocessor_.transform(self.preprocessor_.select_columns(X))
+        else:
+            views = self.preprocessor_.transform(self._check_input(X))
+        return combine([m.predict(views[m.kind]) for m in self.members_], self.weights_)
 
     def _check_input(self, X: Any) -> np.ndarray:
+        if self.preprocessor_.categorical:
+            raise InputError(
+                "this ensemble was trained on a table with category columns: pass a pandas "
+                f"DataFrame with the columns {', '.join(self.preprocessor_.feature_names)}"
+            )
         try:
             x = np.asarray(X, dtype=np.float64)
         except (TypeError, ValueError):

@@ -1,7 +1,8 @@
 """The GBM study: an Optuna objective that boosts one XGBoost model per trial, and its run loop.
 
-Same splits and scaling as the NN study (the :class:`Dataset` arrays; images are already
-flattened). Early stopping watches the validation loss, and so does the pruner, through
+Same splits as the NN study; on a table XGBoost reads its own view of the data (missing
+values as NaN, categories natively), otherwise the NN study's matrix. Early stopping
+watches the validation loss, and so does the pruner, through
 ``optuna_integration.XGBoostPruningCallback``.
 """
 
@@ -17,8 +18,9 @@ from optuna_integration import XGBoostPruningCallback
 
 from hpo.data import Dataset
 from hpo.locks import study_lock
-from hpo.members import GBMMember, metric, metric_name
-from hpo.nn_study import describe_study, make_pruner, make_sampler
+from hpo.members import GBMMember
+from hpo.metrics import recorded_metrics, scores
+from hpo.nn_study import describe_study, make_pruner, make_sampler, name_objective
 from hpo.parallel import INTERRUPTS, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
@@ -112,8 +114,21 @@ class GBMObjective:
         self.spec, self.data, self.artifacts = spec, data, artifacts
         self.device = device or xgb_device()
         # Binned once per process and reused by every trial (hist needs quantiles only once).
-        self.dtrain = xgb.QuantileDMatrix(data.train.x, data.train.y, max_bin=spec.gbm.max_bin)
-        self.dval = xgb.DMatrix(data.val.x, data.val.y)
+        # A table's own view keeps NaN and carries category codes as native categoricals.
+        types = data.gbm_feature_types
+        self.dtrain = xgb.QuantileDMatrix(
+            data.view("gbm", "train"),
+            data.train.y,
+            max_bin=spec.gbm.max_bin,
+            feature_types=types,
+            enable_categorical=types is not None,
+        )
+        self.dval = xgb.DMatrix(
+            data.view("gbm", "val"),
+            data.val.y,
+            feature_types=types,
+            enable_categorical=types is not None,
+        )
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec.gbm.search_space)
@@ -164,15 +179,12 @@ class GBMObjective:
         best_iteration: int,
         seconds: float,
     ) -> None:
-        name = metric_name(self.data.task)
-        attrs: dict[str, Any] = {
-            "val_loss": val_loss,
-            **{
-                f"{part}_{name}": metric(
-                    self.data.task, model.predict(getattr(self.data, part).x), split_y
-                )
-                for part, split_y in (("val", self.data.val.y), ("test", self.data.test.y))
-            },
+        names = recorded_metrics(self.data.task, self.spec.metric)
+        attrs: dict[str, Any] = {"val_loss": val_loss}
+        for part in ("val", "test"):
+            split = getattr(self.data, part)
+            attrs |= scores(names, part, model.predict(self.data.view("gbm", part)), split.y)
+        attrs |= {
             "n_estimators_used": best_iteration + 1,
             "best_iteration": best_iteration,
             "rounds_run": rounds_run,
@@ -205,6 +217,7 @@ def open_gbm_study(
             pruner=make_pruner(spec, max_rounds, min_steps=min_rounds, warmup_steps=min_rounds),
         )
         describe_study(study, spec, data)
+        name_objective(study, spec.task)
         if exclusive or created:
             study.enqueue_trial(
                 baseline_params(space), user_attrs={"baseline": True}, skip_if_exists=True

@@ -1,4 +1,5 @@
-"""Ensemble members: one trained model each, predicting from scaled features.
+"""Ensemble members: one trained model each, predicting from its own preprocessed view
+(the MLP's matrix or XGBoost's, see :mod:`hpo.preprocess`).
 
 The in-study ensemble (models read from the artifact store) and a loaded bundle (models
 read from its files) both predict through these classes, so they agree to rounding.
@@ -10,6 +11,7 @@ array in the target's own units.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,7 +21,7 @@ import xgboost as xgb
 
 from hpo.model import MLPSpec, build_mlp
 from hpo.spec import Task
-from hpo.train import predict_raw
+from hpo.train import predict_raw, to_prediction
 
 MemberKind = Literal["nn", "gbm"]
 
@@ -53,13 +55,14 @@ class NNMember:
         n_classes: int,
         y_mean: float = 0.0,
         y_std: float = 1.0,
+        embedding_sizes: Sequence[int] = (),
     ) -> NNMember:
         """Build the network from its spec and load the weights (strict: every key must fit).
 
         Raises:
             RuntimeError, ValueError: the weights do not fit the spec's network.
         """
-        model = build_mlp(mlp_spec, n_features, n_outputs(task, n_classes))
+        model = build_mlp(mlp_spec, n_features, n_outputs(task, n_classes), embedding_sizes)
         model.load_state_dict(state, strict=True)
         model.eval()
         return cls(trial, mlp_spec, model, task, y_mean, y_std)
@@ -68,13 +71,8 @@ class NNMember:
         return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        out = predict_raw(self.model, torch.as_tensor(x, dtype=torch.float32)).double()
-        if self.task == "multiclass":
-            return torch.softmax(out, dim=1).numpy()
-        if self.task == "binary":
-            p = torch.sigmoid(out[:, 0]).numpy()
-            return np.stack([1.0 - p, p], axis=1)
-        return out[:, 0].numpy() * self.y_std + self.y_mean
+        out = predict_raw(self.model, torch.as_tensor(x, dtype=torch.float32))
+        return to_prediction(self.task, out, self.y_mean, self.y_std)
 
 
 @dataclass(frozen=True)
@@ -119,23 +117,3 @@ def combine(predictions: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
         if w:
             total += w * p
     return total
-
-
-def loss(task: Task, pred: np.ndarray, y: np.ndarray, y_std: float = 1.0) -> float:
-    """Log loss for classes; mean squared error on standardized targets for regression
-    (what the NN trains on), so that NN, GBM and ensemble rows compare on one scale."""
-    if task == "regression":
-        return float(np.mean(((pred - y) / y_std) ** 2))
-    picked = pred[np.arange(len(y)), y.astype(np.int64)]
-    return float(-np.mean(np.log(np.clip(picked, 1e-15, None))))
-
-
-def metric(task: Task, pred: np.ndarray, y: np.ndarray) -> float:
-    """Accuracy for classes, RMSE in target units for regression."""
-    if task == "regression":
-        return float(np.sqrt(np.mean((pred - y) ** 2)))
-    return float(np.mean(pred.argmax(axis=1) == y))
-
-
-def metric_name(task: Task) -> Literal["accuracy", "rmse"]:
-    return "rmse" if task == "regression" else "accuracy"

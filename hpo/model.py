@@ -6,6 +6,7 @@ The builder takes a spec, never a trial, so it is testable without Optuna.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ class MLPSpec:
     learning_rate: float
     optimizer: Optimizer
     batch_size: int
+    embedding_dim: int = 8  # width of each category embedding, when the data has any
 
     @classmethod
     def from_params(
@@ -81,6 +83,7 @@ class MLPSpec:
             learning_rate=float(params["learning_rate"]),
             optimizer=params["optimizer"],
             batch_size=int(params["batch_size"]),
+            embedding_dim=int(params.get("embedding_dim", 8)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,8 +105,41 @@ class MLPSpec:
         return " | ".join(parts)
 
 
-def build_mlp(spec: MLPSpec, n_inputs: int, n_outputs: int) -> nn.Sequential:
-    """A flat ``nn.Sequential``: per hidden layer Linear, [norm], activation, [norm], dropout."""
+class EmbeddingMLP(nn.Module):
+    """An MLP behind one embedding per high-cardinality category column.
+
+    The input stays one float matrix: its last ``len(embedding_sizes)`` columns hold the
+    integer codes; each is looked up in its own table and the vectors join the dense columns.
+    """
+
+    def __init__(self, mlp: nn.Sequential, embedding_sizes: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.n_codes = len(embedding_sizes)
+        self.embeddings = nn.ModuleList(nn.Embedding(n, dim) for n in embedding_sizes)
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense, codes = x[:, : -self.n_codes], x[:, -self.n_codes :].long()
+        vectors = [emb(codes[:, i]) for i, emb in enumerate(self.embeddings)]
+        return self.mlp(torch.cat([dense, *vectors], dim=1))
+
+
+def build_mlp(
+    spec: MLPSpec, n_inputs: int, n_outputs: int, embedding_sizes: Sequence[int] = ()
+) -> nn.Module:
+    """A flat ``nn.Sequential``: per hidden layer Linear, [norm], activation, [norm], dropout.
+
+    With ``embedding_sizes`` (rows per category embedding, one per code column at the end of
+    the ``n_inputs`` columns), it is wrapped in an :class:`EmbeddingMLP`.
+    """
+    if embedding_sizes:
+        width = n_inputs - len(embedding_sizes) + len(embedding_sizes) * spec.embedding_dim
+        mlp = _build_sequential(spec, width, n_outputs)
+        return EmbeddingMLP(mlp, embedding_sizes, spec.embedding_dim)
+    return _build_sequential(spec, n_inputs, n_outputs)
+
+
+def _build_sequential(spec: MLPSpec, n_inputs: int, n_outputs: int) -> nn.Sequential:
     modules: list[nn.Module] = []
     width_in = n_inputs
     for layer in spec.layers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +14,11 @@ import yaml
 
 from hpo.data import Dataset
 from hpo.locks import study_lock
+from hpo.metrics import loss_name
 from hpo.model import MLPSpec
 from hpo.parallel import DONE_STATES, INTERRUPTS, create_or_load, optimize_to_target
 from hpo.search_space import suggest
-from hpo.spec import StudySpec, spec_hash
+from hpo.spec import StudySpec, Task, spec_hash
 from hpo.storage import save_trial_results
 from hpo.threads import configure_threads
 from hpo.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
@@ -99,6 +101,7 @@ class NNObjective:
                 seed=self.spec.seed,
                 device=self.device,
                 on_epoch=report,
+                metric=self.spec.metric,
             )
         except NonFiniteLoss as e:
             self._record_stop(trial, e.epoch + 1, str(e))
@@ -147,6 +150,7 @@ def open_nn_study(
             pruner=make_pruner(spec, spec.nn.epochs),
         )
         describe_study(study, spec, data)
+        name_objective(study, spec.task)
         if not (exclusive or created):
             return study  # no lock to make skip_if_exists safe: the creator enqueued them
         for baseline in spec.nn.baselines:
@@ -155,6 +159,15 @@ def open_nn_study(
                 user_attrs["layers"] = [layer.model_dump() for layer in baseline.layers]
             study.enqueue_trial(baseline.params(), user_attrs=user_attrs, skip_if_exists=True)
     return study
+
+
+def name_objective(study: optuna.Study, task: Task) -> None:
+    """Name the objective (``val_log_loss`` or ``val_rmse``) for the dashboard and tables."""
+    names = [f"val_{loss_name(task)}"]
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
 
 
 def describe_study(study: optuna.Study, spec: StudySpec, data: Dataset) -> None:

@@ -11,26 +11,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from hpo.data import numeric_columns, read_csv
 from hpo.errors import HpoError
 from hpo.idx import read_idx
+from hpo.tables import TABLE_SUFFIXES, Dialect, read_table
 
 
-def read_features(path: Path, *, feature_names: list[str], target: str | None = None) -> np.ndarray:
-    """Raw features as a 2-D float array; the width is checked by the estimator.
+def read_features(path: Path, *, dialect: Dialect = Dialect()) -> np.ndarray | pd.DataFrame:
+    """Raw features: a table (CSV, Parquet) as a DataFrame, to be matched by column name;
+    ``.npy`` (no pickle) and IDX as a 2-D float array, one row per sample, images flattened.
 
-    CSV: a header row; when it names every feature, those columns are taken by name (any
-    other column, such as the target, is ignored); otherwise all columns but the target
-    are taken in order. ``.npy`` (no pickle) and IDX: one row per sample, images flattened.
+    A CSV is read as the training data was (same reader, the bundle's separator, thousands
+    and decimal marks).
 
     Raises:
-        HpoError: missing or unreadable file, a non-numeric field, or a 1-D array.
+        HpoError: missing or unreadable file, or a 1-D array.
     """
     if not path.is_file():
         raise HpoError(f"{path}: no such input file")
-    if path.suffix.lower() == ".csv":
-        return _read_csv(path, feature_names, target)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return read_table(path, dialect)
     if path.suffix.lower() == ".npy":
         try:
             x = np.load(path, allow_pickle=False)
@@ -40,21 +41,14 @@ def read_features(path: Path, *, feature_names: list[str], target: str | None = 
         try:
             x = read_idx(path)
         except HpoError:
-            raise HpoError(f"{path}: not a CSV (.csv), NumPy (.npy) or IDX file") from None
+            raise HpoError(
+                f"{path}: not a table (.csv, .parquet), NumPy (.npy) or IDX file"
+            ) from None
     if x.ndim < 2:
         raise HpoError(f"{path}: expected one row per sample, got an array of shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise HpoError(f"{path}: expected numbers, got an array of {x.dtype}")
     return x.reshape(len(x), -1).astype(np.float64)
-
-
-def _read_csv(path: Path, feature_names: list[str], target: str | None) -> np.ndarray:
-    header, body = read_csv(path)
-    if set(feature_names) <= set(header):
-        columns = [header.index(name) for name in feature_names]
-    else:
-        columns = [i for i, h in enumerate(header) if h != target]
-    return numeric_columns(path, header, body, columns)
 
 
 def predictions_csv(

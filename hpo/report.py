@@ -98,7 +98,8 @@ def _study_section(study: optuna.Study) -> list[str]:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     is_nn = study.study_name.endswith("-nn")
-    objective = "validation loss" if is_nn else "objective"
+    # The named objective (val_log_loss, val_rmse); older studies have no name.
+    objective = study.metric_names[0] if study.metric_names else "objective"
     step = "epoch" if is_nn else "step"
     parts = [f"<h2>{_esc(study.study_name)}</h2>", _facts_table(study, complete)]
     if not complete:
@@ -252,7 +253,9 @@ def _ensemble_section(board: dict[str, Any]) -> list[str]:
     parts = [f"<h2>Members against the ensemble ({_esc(method)})</h2>"]
     if not rows:
         return [*parts, "<p class='empty'>The ensemble has no rows.</p>"]
-    higher_is_better = metric != "rmse"
+    higher_is_better = bool(
+        board.get("higher_is_better", metric not in ("rmse", "mae", "log_loss"))
+    )
     sign = -1.0 if higher_is_better else 1.0
     rows.sort(key=lambda r: _sort_key(r.get("test_metric"), sign))
     parts.append(
@@ -260,7 +263,7 @@ def _ensemble_section(board: dict[str, Any]) -> list[str]:
         f"ensemble ({'higher' if higher_is_better else 'lower'} is better); best first.</p>"
     )
     parts.append(_figure_html(_ensemble_figure(rows, metric), height=max(260, 60 + 34 * len(rows))))
-    parts.append(_leaderboard_table(rows, metric))
+    parts.append(_leaderboard_table(rows, metric, str(board.get("loss", "loss"))))
     return parts
 
 
@@ -295,9 +298,9 @@ def _ensemble_figure(rows: list[dict[str, Any]], metric: str) -> go.Figure:
     return fig
 
 
-def _leaderboard_table(rows: list[dict[str, Any]], metric: str) -> str:
+def _leaderboard_table(rows: list[dict[str, Any]], metric: str, loss: str = "loss") -> str:
     head = (
-        f"<tr><th>model</th><th>kind</th><th>trial</th><th>weight</th><th>val loss</th>"
+        f"<tr><th>model</th><th>kind</th><th>trial</th><th>weight</th><th>val {_esc(loss)}</th>"
         f"<th>val {_esc(metric)}</th><th>test {_esc(metric)}</th></tr>"
     )
     lines = []

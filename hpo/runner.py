@@ -17,6 +17,7 @@ from hpo.data import Dataset, load_dataset
 from hpo.ensemble import EnsembleReport, build_ensemble, store_leaderboard
 from hpo.gbm_study import run_gbm_study
 from hpo.nn_study import run_nn_study
+from hpo.sanity import check_studies_have_values, check_useful
 from hpo.spec import StudySpec
 from hpo.storage import mask_url, open_artifacts, open_storage
 from hpo.storage import storage_url as resolve_url
@@ -79,7 +80,8 @@ def run_spec(
             rather than once per worker, is left to ``hpo run`` (or ``hpo ensemble``).
 
     Raises:
-        HpoError: bad data or storage, or no finished trial in either study.
+        HpoError: bad data or storage, a study whose trials all ended without a value,
+            or no model better than the no-skill baseline (see :mod:`hpo.sanity`).
     """
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, storage_url)
@@ -110,6 +112,10 @@ def run_spec(
     )
     if worker:
         return RunResult(nn_study=nn_study, gbm_study=gbm_study, data=data, ensemble=None)
-    report = build_ensemble(spec.name, nn_study, gbm_study, data, spec.ensemble, artifacts)
+    check_studies_have_values(spec.name, [nn_study, gbm_study])
+    report = build_ensemble(
+        spec.name, nn_study, gbm_study, data, spec.ensemble, artifacts, metric=spec.metric
+    )
     store_leaderboard(nn_study, report.leaderboard)
+    check_useful(spec.name, report.leaderboard)
     return RunResult(nn_study=nn_study, gbm_study=gbm_study, data=data, ensemble=report)

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hpo.errors import HpoError
 
@@ -32,6 +41,27 @@ ACTIVATIONS: tuple[Activation, ...] = Activation.__args__  # type: ignore[attr-d
 INITIALIZERS: tuple[Initializer, ...] = Initializer.__args__  # type: ignore[attr-defined]
 NORMALIZATIONS: tuple[Normalization, ...] = Normalization.__args__  # type: ignore[attr-defined]
 OPTIMIZERS: tuple[Optimizer, ...] = Optimizer.__args__  # type: ignore[attr-defined]
+# What the leaderboard ranks and the greedy ensemble optimizes (hpo.metrics computes them).
+MetricName = Literal[
+    "accuracy", "balanced_accuracy", "roc_auc", "log_loss", "f1", "rmse", "mae", "r2"
+]
+CLASSIFICATION_METRICS: tuple[MetricName, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "roc_auc",
+    "log_loss",
+    "f1",
+)
+REGRESSION_METRICS: tuple[MetricName, ...] = ("rmse", "mae", "r2")
+
+
+def metrics_for(task: Task) -> tuple[MetricName, ...]:
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+
+
+def default_metric(task: Task) -> MetricName:
+    """What hpo reported before ``metric:`` existed: RMSE for regression, else accuracy."""
+    return "rmse" if task == "regression" else "accuracy"
 
 
 class _Frozen(BaseModel):
@@ -99,6 +129,9 @@ class NNSpace(_Frozen):
     learning_rate: FloatDim = FloatRange(low=1e-4, high=3e-2, log=True)
     optimizer: _choices(Optimizer) = list(OPTIMIZERS)  # type: ignore[valid-type]
     batch_size: _choices(int) = [32, 64, 128, 256]  # type: ignore[valid-type]
+    # Width of each category embedding; used only when a table has a column with more
+    # levels than data.max_onehot, yet recorded in every trial like the other dimensions.
+    embedding_dim: IntDim = IntRange(low=4, high=16, log=True)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> NNSpace:
@@ -231,25 +264,42 @@ class EnsembleConfig(_Frozen):
 
 
 class DataSpec(_Frozen):
-    """Where the data comes from and how it is split and scaled."""
+    """Where the data comes from, how a table is read, and how it is split and scaled."""
 
-    source: Literal["sklearn", "idx", "csv"]
+    source: Literal["sklearn", "idx", "csv", "parquet"]
     name: str | None = Field(default=None, description="sklearn dataset name")
-    path: str | None = Field(default=None, description="IDX directory or CSV file")
-    target: str | None = Field(default=None, description="CSV target column")
+    path: str | None = Field(default=None, description="IDX directory, CSV or Parquet file")
+    target: str | None = Field(default=None, description="table target column")
     scaling: Scaling = "standard"
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     limit: int | None = Field(default=None, ge=10, description="use only the first N rows")
+    # Tables (csv, parquet) only. Tuples, not lists: the frozen spec is a cache key.
+    sep: Literal[",", ";", "\t", "|"] | None = Field(
+        default=None, description="CSV separator; sniffed from the header line when unset"
+    )
+    thousands: str | None = Field(default=None, max_length=1, description="e.g. ',' in 3,750")
+    decimal: str = Field(default=".", min_length=1, max_length=1)
+    drop: tuple[str, ...] = Field(default=(), description="ID or leak columns to leave out")
+    categorical: tuple[str, ...] = Field(default=(), description="numeric-looking categories")
+    max_onehot: int = Field(
+        default=16, ge=1, description="most levels one-hot encoded; more get an embedding"
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> DataSpec:
         if self.source == "sklearn" and not self.name:
             raise ValueError("source 'sklearn' needs 'name'")
-        if self.source in ("idx", "csv") and not self.path:
+        if self.source in ("idx", "csv", "parquet") and not self.path:
             raise ValueError(f"source '{self.source}' needs 'path'")
-        if self.source == "csv" and not self.target:
-            raise ValueError("source 'csv' needs 'target' (the label column)")
+        if self.source in ("csv", "parquet") and not self.target:
+            raise ValueError(f"source '{self.source}' needs 'target' (the label column)")
+        if self.source not in ("csv", "parquet") and (self.drop or self.categorical):
+            raise ValueError("drop and categorical apply to csv and parquet tables only")
+        if self.thousands is not None and self.thousands == self.decimal:
+            raise ValueError("thousands and decimal must differ")
+        if self.target is not None and self.target in self.drop:
+            raise ValueError(f"the target {self.target!r} cannot also be dropped")
         return self
 
 
@@ -277,6 +327,10 @@ class StudySpec(_Frozen):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     task: Task
+    # Left out: the task's default (accuracy, or rmse for regression).
+    metric: MetricName = Field(
+        default_factory=lambda data: default_metric(data.get("task", "multiclass"))
+    )
     data: DataSpec
     seed: int = 0
     sampler: Literal["tpe", "random", "gp", "qmc"] = "tpe"
@@ -325,6 +379,17 @@ class StudySpec(_Frozen):
         yield "ensemble.nn_members", self.ensemble.nn_members, "members"
         yield "ensemble.gbm_members", self.ensemble.gbm_members, "members"
         yield "ensemble.greedy_rounds", self.ensemble.greedy_rounds, "greedy_rounds"
+
+    @field_validator("metric")
+    @classmethod
+    def _check_metric(cls, metric: MetricName, info: ValidationInfo) -> MetricName:
+        task = info.data.get("task")
+        if task is not None and metric not in metrics_for(task):
+            raise ValueError(
+                f"{metric!r} does not score a {task} task; choose one of "
+                + ", ".join(metrics_for(task))
+            )
+        return metric
 
     @property
     def nn_study_name(self) -> str:

@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from hpo.data import Dataset
+from hpo.metrics import MetricName, default_metric, recorded_metrics, scores
 from hpo.model import MLPSpec, build_mlp
 
 EVAL_CHUNK = 16384  # rows per forward pass at evaluation; bounds memory on big splits
@@ -36,7 +38,7 @@ def pick_device() -> str:
 class TrainResult:
     model: nn.Module  # holds the weights of the best validation epoch
     val_loss: float
-    metrics: dict[str, float]  # val_/test_ accuracy (classification) or rmse (regression)
+    metrics: dict[str, float]  # val_/test_<name> of hpo.metrics.recorded_metrics
     epochs_run: int
     best_epoch: int
     seconds: float
@@ -90,16 +92,23 @@ def predict_raw(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(x[i : i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
 
 
-def _evaluate(
-    task: str, out: torch.Tensor, y: torch.Tensor, y_std: float
-) -> dict[str, torch.Tensor]:
-    """Loss and metric as device tensors, so the caller syncs once."""
+def _validation_loss(task: str, out: torch.Tensor, y: torch.Tensor, y_std: float) -> torch.Tensor:
+    """The study's objective as a device tensor, so the caller syncs once: the training loss
+    for classes (log loss), RMSE in target units for regression (a monotone function of the
+    standardized MSE it trains on, on the GBM study's scale)."""
     loss = loss_function(task)(out, y)
+    return loss.sqrt() * y_std if task == "regression" else loss
+
+
+def to_prediction(task: str, out: torch.Tensor, y_mean: float, y_std: float) -> np.ndarray:
+    """Network outputs as members predict: class probabilities, or target-unit values."""
+    out = out.detach().double().cpu()
     if task == "multiclass":
-        return {"loss": loss, "accuracy": (out.argmax(1) == y).float().mean()}
+        return torch.softmax(out, dim=1).numpy()
     if task == "binary":
-        return {"loss": loss, "accuracy": ((out.squeeze(-1) > 0).float() == y).float().mean()}
-    return {"loss": loss, "rmse": loss.sqrt() * y_std}
+        p = torch.sigmoid(out[:, 0]).numpy()
+        return np.stack([1.0 - p, p], axis=1)
+    return out[:, 0].numpy() * y_std + y_mean
 
 
 def train_epoch(
@@ -137,8 +146,13 @@ def train_mlp(
     seed: int = 0,
     device: str | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    metric: MetricName | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation loss; returns the best epoch's model.
+
+    The validation loss (``on_epoch``'s value, ``val_loss``, ``history``) is log loss for
+    classes and RMSE in target units for regression; ``metrics`` holds the task's default
+    metrics and ``metric`` (see :func:`hpo.metrics.recorded_metrics`) on val and test.
 
     Raises:
         NonFiniteLoss: when the training or validation loss stops being finite.
@@ -148,7 +162,7 @@ def train_mlp(
     x, y = t["train_x"], t["train_y"]
     torch.manual_seed(seed)  # weights and dropout masks
     shuffle = torch.Generator(device=device).manual_seed(seed)
-    model = build_mlp(spec, data.n_features, data.n_outputs).to(device)
+    model = build_mlp(spec, data.n_features, data.n_outputs, data.embedding_sizes).to(device)
     optimizer = make_optimizer(spec, model)
     loss_fn = loss_function(data.task)
 
@@ -158,8 +172,8 @@ def train_mlp(
     epoch = 0
     for epoch in range(epochs):
         running = train_epoch(model, optimizer, loss_fn, x, y, spec.batch_size, shuffle)
-        val = _evaluate(data.task, predict_raw(model, t["val_x"]), t["val_y"], data.y_std)
-        train_loss, val_loss = torch.stack([running, val["loss"]]).tolist()  # one sync per epoch
+        val = _validation_loss(data.task, predict_raw(model, t["val_x"]), t["val_y"], data.y_std)
+        train_loss, val_loss = torch.stack([running, val]).tolist()  # one sync per epoch
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise NonFiniteLoss(epoch, train_loss, val_loss)
         history.append(val_loss)
@@ -174,10 +188,10 @@ def train_mlp(
         model.load_state_dict(best_state)
     seconds = time.perf_counter() - start_time
 
+    names = recorded_metrics(data.task, metric or default_metric(data.task))
     metrics: dict[str, float] = {}
     for part in ("val", "test"):
-        scores = _evaluate(
-            data.task, predict_raw(model, t[f"{part}_x"]), t[f"{part}_y"], data.y_std
-        )
-        metrics |= {f"{part}_{k}": float(v) for k, v in scores.items() if k != "loss"}
+        out = predict_raw(model, t[f"{part}_x"])
+        pred = to_prediction(data.task, out, data.y_mean, data.y_std)
+        metrics |= scores(names, part, pred, getattr(data, part).y)
     return TrainResult(model, best_loss, metrics, epoch + 1, best_epoch, seconds, device, history)

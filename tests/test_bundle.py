@@ -94,10 +94,11 @@ def _one_error_line(result: Result, *fragments: str) -> None:
 
 def test_bundle_has_a_manifest_and_one_file_per_member(tuned: Tuned) -> None:
     manifest = json.loads((tuned.bundle / "manifest.json").read_text())
-    assert manifest["format"] == "hpo-ensemble" and manifest["format_version"] == 1
+    assert manifest["format"] == "hpo-ensemble" and manifest["format_version"] == 2
     assert manifest["task"] == "multiclass" and manifest["classes"] == list(range(10))
     assert manifest["n_features"] == 64 == len(manifest["feature_names"])
-    assert manifest["scaler"]["kind"] == "standard" and len(manifest["scaler"]["offset"]) == 64
+    scaler = manifest["preprocessing"]["scaler"]
+    assert scaler["kind"] == "standard" and len(scaler["offset"]) == 64
     assert {"torch", "xgboost", "numpy", "safetensors", "hpo"} <= set(manifest["versions"])
     assert tuned.bundle.stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0o700
     files = {p.name for p in tuned.bundle.iterdir()}
@@ -190,7 +191,7 @@ def test_predict_reads_csv_by_feature_name_and_idx(tuned: Tuned, tmp_path: Path)
         writer = csv.writer(f)
         writer.writerow(["target", *reversed(names)])
         writer.writerows([[7, *row[::-1]] for row in x.tolist()])
-    # No feature names: every column but the target, in order.
+    # No feature names: columns are matched by name, so this is one Error line.
     with (tmp_path / "plain.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([f"c{i}" for i in range(64)] + ["target"])
@@ -199,7 +200,11 @@ def test_predict_reads_csv_by_feature_name_and_idx(tuned: Tuned, tmp_path: Path)
     header = bytes([0, 0, 0x08, 3]) + np.array([20, 8, 8], ">u4").tobytes()
     (tmp_path / "images-idx3-ubyte").write_bytes(header + x.astype(np.uint8).tobytes())
 
-    for name in ("named.csv", "plain.csv", "images-idx3-ubyte"):
+    refused = runner.invoke(
+        app, ["predict", str(tuned.bundle), "--input", str(tmp_path / "plain.csv")]
+    )
+    _one_error_line(refused, "the input has no column", repr(names[0]))
+    for name in ("named.csv", "images-idx3-ubyte"):
         result = runner.invoke(app, ["predict", str(tuned.bundle), "--input", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
         lines = result.stdout.splitlines()
@@ -235,8 +240,10 @@ def test_predict_refuses_a_changed_member_file(
         (lambda text: text[: len(text) // 2], ("malformed manifest", "not JSON")),
         (lambda text: "[]", ("malformed manifest",)),
         (
-            lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "scaler"}),
-            ("malformed manifest", "scaler"),
+            lambda text: json.dumps(
+                {k: v for k, v in json.loads(text).items() if k != "preprocessing"}
+            ),
+            ("malformed manifest", "preprocessing"),
         ),
         (
             lambda text: json.dumps(json.loads(text) | {"n_features": "many"}),
@@ -250,11 +257,11 @@ def test_predict_refuses_a_changed_member_file(
             ("malformed manifest", "members.0.file"),
         ),
         (
-            lambda text: json.dumps(json.loads(text) | {"format_version": 2}),
-            ("unknown bundle format version 2", "reads version 1"),
+            lambda text: json.dumps(json.loads(text) | {"format_version": 3}),
+            ("unknown bundle format version 3", "reads version 2"),
         ),
     ],
-    ids=["truncated", "not-a-mapping", "missing-key", "wrong-type", "path-escape", "version-2"],
+    ids=["truncated", "not-a-mapping", "missing-key", "wrong-type", "path-escape", "version-3"],
 )
 def test_predict_refuses_a_malformed_manifest_or_an_unknown_version(
     tuned: Tuned,
@@ -279,7 +286,7 @@ def test_predict_on_a_missing_bundle_or_input(
     _one_error_line(cli("predict", tmp_path / "none", "--input", tmp_path / "x.npy"), "no such")
     _one_error_line(cli("predict", tuned.bundle, "--input", tmp_path / "y.npy"), "no such input")
     (tmp_path / "x.txt").write_text("hello")
-    _one_error_line(cli("predict", tuned.bundle, "--input", tmp_path / "x.txt"), "not a CSV")
+    _one_error_line(cli("predict", tuned.bundle, "--input", tmp_path / "x.txt"), "not a table")
 
 
 def test_export_refuses_to_overwrite_unless_forced(

@@ -30,7 +30,7 @@ def test_run_status_best(cli, write_spec, workdir: Path) -> None:
 
     status = cli("status", "tiny")
     assert status.exit_code == 0
-    assert "tiny-nn:" in status.stdout and "best value" in status.stdout
+    assert "tiny-nn:" in status.stdout and "best val_log_loss" in status.stdout
 
     best = cli("best", "tiny", "--json")
     summary = json.loads(best.stdout)["tiny-nn"]
@@ -57,7 +57,7 @@ def _csv(path: Path, text: str) -> str:
         ),
         (
             {"data": {"source": "csv", "path": "u.csv", "target": "label"}},
-            "column 'a': 'x' is not a number",
+            "classification needs at least 2 classes in the target, found 1: 0",
         ),
     ],
 )
@@ -65,7 +65,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(
     cli, write_spec, workdir, changes, message
 ) -> None:
     _csv(workdir / "t.csv", "a,b\n1,2\n")
-    _csv(workdir / "u.csv", "a,label\n1,0\nx,1\n")
+    _csv(workdir / "u.csv", "a,label\n1,0\nx,0\n")
     result = cli("run", write_spec(changes))
     assert_one_error_line(result, message)
     assert not (workdir / "storage").exists()

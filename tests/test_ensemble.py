@@ -11,7 +11,7 @@ import pytest
 from typer.testing import Result
 
 from hpo.ensemble import average_weights, build_ensemble, greedy_weights, open_stored
-from hpo.members import loss
+from hpo.metrics import validation_loss
 from hpo.storage import open_artifacts, open_storage
 
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
@@ -24,7 +24,7 @@ def _onehot(labels: np.ndarray, confidence: float = 0.9) -> np.ndarray:
 
 
 def _score(p: np.ndarray) -> float:
-    return loss("multiclass", p, Y)
+    return validation_loss("multiclass", p, Y)
 
 
 def test_greedy_gives_all_weight_to_a_member_that_cannot_be_improved() -> None:
@@ -91,6 +91,8 @@ def test_run_ends_with_a_leaderboard_of_nn_gbm_and_ensemble_rows(
             "val_loss",
             "val_metric",
             "test_metric",
+            "val_accuracy",
+            "test_accuracy",
         }
         if row["kind"] == "ensemble":
             assert row["trial"] is None and row["weight"] is None
@@ -131,6 +133,7 @@ def test_ensemble_command_rebuilds_from_storage_with_overrides(
         stored.data,
         stored.spec.ensemble.model_copy(update={"method": "average", "gbm_members": 1}),
         open_artifacts(),
+        metric=stored.spec.metric,
     )
     assert again.leaderboard == board
 

@@ -15,7 +15,7 @@ from hpo.data import load_dataset
 from hpo.ensemble import load_gbm_member
 from hpo.errors import HpoError
 from hpo.gbm_study import GBMObjective, baseline_params, run_gbm_study, xgb_params
-from hpo.members import metric
+from hpo.metrics import score
 from hpo.spec import GBMSpace, StudySpec, load_spec
 from hpo.storage import open_artifacts, open_storage
 
@@ -49,8 +49,8 @@ def test_gbm_trials_keep_models_that_reproduce_their_metrics(workdir: Path) -> N
         proba = member.predict(data.val.x)
         assert proba.shape == (len(data.val.y), 10)
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
-        assert metric("multiclass", proba, data.val.y) == pytest.approx(attrs["val_accuracy"])
-        assert metric("multiclass", member.predict(data.test.x), data.test.y) == pytest.approx(
+        assert score("accuracy", proba, data.val.y) == pytest.approx(attrs["val_accuracy"])
+        assert score("accuracy", member.predict(data.test.x), data.test.y) == pytest.approx(
             attrs["test_accuracy"]
         )
 
