@@ -310,6 +310,8 @@ class Limits(_Frozen):
     width: int = Field(default=16_384, ge=1, description="units per hidden layer")
     depth: int = Field(default=64, ge=1, description="hidden layers")
     batch_size: int = Field(default=1_048_576, ge=1)
+    embedding_dim: int = Field(default=4_096, ge=1, description="units per category embedding")
+    max_onehot: int = Field(default=4_096, ge=1, description="columns one category may take")
     epochs: int = Field(default=100_000, ge=1)
     patience: int = Field(default=100_000, ge=1, description="epochs without improvement")
     trials: int = Field(default=1_000_000, ge=0, description="per study")
@@ -365,6 +367,8 @@ class StudySpec(_Frozen):
         yield "nn.search_space.depth", space.depth.high, "depth"
         yield "nn.search_space.width", space.width.high, "width"
         yield "nn.search_space.batch_size", max(space.batch_size), "batch_size"
+        yield "nn.search_space.embedding_dim", space.embedding_dim.high, "embedding_dim"
+        yield "data.max_onehot", self.data.max_onehot, "max_onehot"
         for i, baseline in enumerate(nn.baselines):
             layers = baseline.layers or []
             yield f"nn.baselines.{i}.layers", len(layers), "depth"

@@ -215,6 +215,8 @@ def test_a_huge_width_is_an_error_naming_the_limit(tmp_path: Path) -> None:
     [
         ({"nn": {"search_space": {"depth": {"low": 1, "high": 1000}}}}, "nn.search_space.depth"),
         ({"nn": {"search_space": {"batch_size": [64, 2**40]}}}, "nn.search_space.batch_size"),
+        ({"nn": {"search_space": {"embedding_dim": 10**6}}}, "nn.search_space.embedding_dim"),
+        ({"data": {"max_onehot": 10**6}}, "data.max_onehot"),
         ({"nn": {"epochs": 10**9}}, "nn.epochs"),
         ({"nn": {"patience": 10**9}}, "nn.patience"),
         ({"nn": {"trials": 10**9}}, "nn.trials"),
