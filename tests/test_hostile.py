@@ -161,6 +161,16 @@ def test_hpo_worker_never_prints_the_password(pg_study: PgStudy) -> None:
     assert SECRET not in done.stdout + done.stderr
 
 
+def test_local_workers_never_print_the_password(pg_study: PgStudy) -> None:
+    """``--workers 2`` hands the URL (braces and all) to its workers in ``HPO_STORAGE``."""
+    url = pg_study.url("regex")
+    done = hpo("run", pg_study.spec, "--workers", "2", "--storage", url,
+               "--artifacts", pg_study.artifacts, "-q", cwd=pg_study.root)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "2 workers, storage postgresql://postgres:***@127.0.0.1:5432" in done.stderr
+    assert SECRET not in done.stdout + done.stderr
+
+
 def test_workers_get_the_url_in_their_environment_not_argv(pg_study: PgStudy) -> None:
     url = pg_study.url("slash")
     pool = LocalWorkers(pg_study.spec, 2, storage_url=url, artifacts_path="a", trials=4)
