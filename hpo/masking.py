@@ -39,14 +39,9 @@ def mask_url(url: str) -> str:
     parsed = parse_url(url)
     if parsed is None:
         return _mask_by_hand(url)
-    if parsed.password is None and "password" not in parsed.query:
-        return url  # as written: rendering would re-encode a path (sqlite:///a@b.db)
-    if "password" in parsed.query:
-        # render_as_string would percent-encode the mask; put it in by hand afterwards.
-        parsed = parsed.update_query_dict({"password": "MASKED"})
-        rendered = parsed.render_as_string(hide_password=True)
-        return rendered.replace("password=MASKED", f"password={MASK}")
-    return parsed.render_as_string(hide_password=True)
+    # Rendered only to hide a password: rendering re-encodes a path (sqlite:///a@b.db).
+    shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)
+    return _mask_query_password(shown)
 
 
 def url_secrets(url: str) -> list[str]:
@@ -110,4 +105,8 @@ def _mask_by_hand(url: str) -> str:
     if userinfo is not None:
         user, colon, _ = userinfo.partition(":")
         rest = f"{user}{colon}{MASK if colon else ''}{rest}"
-    return head + _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", rest)
+    return head + _mask_query_password(rest)
+
+
+def _mask_query_password(text: str) -> str:
+    return _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", text)
