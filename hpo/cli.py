@@ -96,6 +96,12 @@ def run(
         float | None, typer.Option(help="Seconds for this run (overrides the spec)")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh", help="Keep the existing studies under a dated name and start new ones"
+        ),
+    ] = False,
     workers: Annotated[
         int,
         typer.Option(
@@ -109,12 +115,15 @@ def run(
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
     if workers > 1:
+        if fresh:  # before the workers open the studies
+            _archive_for_fresh(spec, storage)
+            fresh = False
         timeout = _run_workers(spec, spec_path, workers, storage, artifacts, trials, timeout, quiet)
         quiet = True  # the workers' progress was shown; what follows only finishes the run
     # Imported after the workers start: torch takes seconds to import.
     from hpo.parallel import INTERRUPTS
     from hpo.runner import run_spec, study_targets
-    from hpo.summary import leaderboard_table, trial_summary, trials_table
+    from hpo.summary import best_trials, leaderboard_table, trial_summary, trials_table
 
     # Ctrl-C: the training trial ends as FAIL at once, no storage write is cut short, and a
     # signal that Python would drop (raised inside a finalizer) is kept, not lost.
@@ -128,15 +137,26 @@ def run(
             timeout=timeout,
             on_trial=on_trial,
             log=lambda message: err.print(message, highlight=False),
+            fresh=fresh,
         )
     for study in (result.nn_study, result.gbm_study):
-        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        ranked = best_trials(study, 1)  # inside the current search space
+        if ranked:
             out.print(trials_table(study))
-            best = trial_summary(study.best_trial)
+            best = trial_summary(ranked[0])
             out.print(
                 f"Best trial #{best['number']}: val loss {best['value']:.4f} {best['metrics']}"
             )
     out.print(leaderboard_table(spec.name, result.leaderboard))
+
+
+def _archive_for_fresh(spec: StudySpec, storage: str | None) -> None:
+    from hpo.resume import archive_studies
+    from hpo.runner import open_spec_storage
+
+    archive_studies(
+        spec, open_spec_storage(spec, storage), lambda line: err.print(line, highlight=False)
+    )
 
 
 def _run_workers(

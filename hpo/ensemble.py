@@ -29,6 +29,7 @@ from hpo.data import Dataset, load_dataset
 from hpo.errors import HpoError
 from hpo.members import GBMMember, Member, NNMember, combine, loss, metric, metric_name
 from hpo.model import MLPSpec
+from hpo.resume import outside_current_space
 from hpo.spec import EnsembleConfig, StudySpec
 from hpo.storage import load_study
 from hpo.summary import best_trials
@@ -218,7 +219,15 @@ def build_ensemble(
                 **scores(combine(val, w), combine(test, w)),
             }
         )
-    leaderboard = {"method": config.method, "metric": metric_name(task), "rows": rows}
+    # left_out: completed trials that best_trials passed over, outside the current space.
+    leaderboard: dict[str, Any] = {
+        "method": config.method,
+        "metric": metric_name(task),
+        "rows": rows,
+        "left_out": {
+            s.study_name: outside_current_space(s) for s in (nn_study, gbm_study) if s is not None
+        },
+    }
     return EnsembleReport(
         name=name,
         members=tuple(members),

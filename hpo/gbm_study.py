@@ -18,7 +18,7 @@ from optuna_integration import XGBoostPruningCallback
 from hpo.data import Dataset
 from hpo.locks import study_lock
 from hpo.members import GBMMember, metric, metric_name
-from hpo.nn_study import describe_study, make_pruner, make_sampler
+from hpo.nn_study import describe_study, make_pruner, make_sampler, trials_started
 from hpo.parallel import INTERRUPTS, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
@@ -199,7 +199,8 @@ def open_gbm_study(
             sampler=make_sampler(spec),
             pruner=make_pruner(spec, max_rounds, min_steps=min_rounds, warmup_steps=min_rounds),
         )
-        describe_study(study, spec, data)
+        study.sampler = make_sampler(spec, trials_started(study))  # continue, never replay
+        describe_study(study, spec, data, "gbm")
         if exclusive or created:
             study.enqueue_trial(
                 baseline_params(space), user_attrs={"baseline": True}, skip_if_exists=True
@@ -217,6 +218,7 @@ def run_gbm_study(
     timeout: float | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     worker: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> optuna.Study:
     """Top the study up to ``n_trials`` finished (complete or pruned) trials, together with
     any other worker on it (see :func:`hpo.parallel.optimize_to_target`)."""
@@ -229,5 +231,6 @@ def run_gbm_study(
         timeout=timeout,
         callbacks=[on_trial] if on_trial is not None else (),
         worker=worker,
+        log=log,
     )
     return study

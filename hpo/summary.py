@@ -9,6 +9,8 @@ import optuna
 from optuna.trial import TrialState
 from rich.table import Table
 
+from hpo.resume import current_space
+
 METRIC_KEYS = ("val_accuracy", "test_accuracy", "val_rmse", "test_rmse")
 
 
@@ -18,7 +20,12 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def best_trials(study: optuna.Study, top: int = 5) -> list[optuna.trial.FrozenTrial]:
+    """The best completed trials inside the study's current search space (a narrowed space
+    leaves out trials the spec no longer asks for)."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    space = current_space(study)
+    if space is not None:
+        done = [t for t in done if space.contains_params(t.params)]
     return sorted(done, key=lambda t: t.value if t.value is not None else float("inf"))[:top]
 
 
@@ -78,7 +85,9 @@ def leaderboard_table(name: str, leaderboard: dict[str, Any]) -> Table:
     """The ensemble leaderboard: members, then both ensembles; ``*`` marks the exported one."""
     metric = leaderboard["metric"]
     title = f"{name}: ensemble leaderboard (exported: {leaderboard['method']}, * below)"
-    table = Table(title=title, title_justify="left")
+    left_out = ", ".join(f"{n} {k}" for n, k in leaderboard.get("left_out", {}).items() if k)
+    caption = f"left out, outside the current search space: {left_out}" if left_out else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("member")
     table.add_column("kind")
     for column in ("weight", "val loss", f"val {metric}", f"test {metric}"):
