@@ -184,8 +184,8 @@ class StuckTrials:
             listed = ", ".join(map(str, numbers))
             self.log(
                 f"{self.study.study_name}: waiting for trial{'s' if len(numbers) > 1 else ''} "
-                f"{listed}, RUNNING elsewhere (failed after {self.grace_period:g} s "
-                "without heartbeat or progress)"
+                f"{listed}, RUNNING in another process (one with no heartbeat that makes no "
+                f"progress for {self.grace_period:g} s is marked FAIL)"
             )
         self.announced = numbers
         now = time.monotonic()

@@ -94,9 +94,9 @@ def check_rerun(spec: StudySpec, storage: optuna.storages.BaseStorage, log: Log)
         ]
         if changed:
             raise HpoError(
-                f"{name}: {'; '.join(changed)} changed since the study was made, so its "
-                "trials would not compare with new ones; run with --fresh to keep the old "
-                "studies under a dated name and start new ones"
+                f"{name} was made with another data section, task or seed "
+                f"({'; '.join(changed)}): its trials would not compare with new ones; "
+                "run with --fresh to keep the old studies under a dated name and start new ones"
             )
     for name, kind in study_kinds(spec).items():
         previous = _validated(stored[name].get(SPEC_ATTR))

@@ -90,14 +90,14 @@ def run_spec(
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, storage_url)
     artifacts = open_artifacts(artifacts_path)
+    if not fresh:
+        check_rerun(spec, storage, log)
     log(
         f"{spec.name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/{len(data.test.y)} "
         f"train/val/test rows; storage {mask_url(resolve_url(storage_url))}"
     )
     if fresh:
         archive_studies(spec, storage, log)
-    else:
-        check_rerun(spec, storage, log)
     targets = study_targets(spec, trials)
     note_target_met(storage, spec.nn_study_name, targets[spec.nn_study_name], "nn.trials", log)
     nn_study = run_nn_study(
