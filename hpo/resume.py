@@ -72,10 +72,10 @@ def outside_current_space(study: optuna.Study) -> int:
     return sum(not space.contains_params(t.params) for t in done)
 
 
-def check_rerun(spec: StudySpec, storage: optuna.storages.BaseStorage, log: Log) -> None:
+def check_rerun(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[str]:
     """Compare ``spec`` with what its existing studies recorded; writes nothing.
 
-    Logs one line per study whose search space changed.
+    Returns one line per study whose search space changed, saying what changed.
 
     Raises:
         HpoError: the data section, task or seed differ from the spec a study was made from.
@@ -98,6 +98,7 @@ def check_rerun(spec: StudySpec, storage: optuna.storages.BaseStorage, log: Log)
                 f"({'; '.join(changed)}): its trials would not compare with new ones; "
                 "run with --fresh to keep the old studies under a dated name and start new ones"
             )
+    notes = []
     for name, kind in study_kinds(spec).items():
         previous = _validated(stored[name].get(SPEC_ATTR))
         if previous is None:
@@ -106,10 +107,11 @@ def check_rerun(spec: StudySpec, storage: optuna.storages.BaseStorage, log: Log)
         changes = space_changes(old_space, new_space)
         if changes:
             outside, finished = _count_outside(storage, name, new_space)
-            log(
+            notes.append(
                 f"{name}: search space changed: {', '.join(changes)}; {outside} of {finished} "
                 "finished trials lie outside it (left out of the tables and the ensemble)"
             )
+    return notes
 
 
 def space_changes(old: NNSpace | GBMSpace, new: NNSpace | GBMSpace) -> list[str]:

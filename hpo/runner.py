@@ -90,12 +90,13 @@ def run_spec(
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, storage_url)
     artifacts = open_artifacts(artifacts_path)
-    if not fresh:
-        check_rerun(spec, storage, log)
+    notes = [] if fresh else check_rerun(spec, storage)  # raises before anything is written
     log(
         f"{spec.name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/{len(data.test.y)} "
         f"train/val/test rows; storage {mask_url(resolve_url(storage_url))}"
     )
+    for note in notes:
+        log(note)
     if fresh:
         archive_studies(spec, storage, log)
     targets = study_targets(spec, trials)
