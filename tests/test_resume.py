@@ -154,6 +154,9 @@ def test_changed_data_task_or_seed_stops_and_writes_nothing(
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("Error: tiny-nn was made with another data section")
     assert keys in result.stderr and "--fresh" in result.stderr
+    worker = cli("worker", workdir / "changed.yaml", "--trials", "4")
+    assert worker.exit_code == 1
+    assert worker.stderr.strip().splitlines()[-1].startswith("Error: tiny-nn was made")
     assert snapshot(workdir) == before
 
 
