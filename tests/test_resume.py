@@ -16,6 +16,8 @@ import sklearn.datasets
 from helpers import REPO, run_hpo
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.resume import space_changes
+from hpo.spec import FloatRange, GBMSpace, IntRange, NNSpace
 from hpo.storage import open_storage
 
 STUDIES = ("tiny-nn", "tiny-gbm")
@@ -239,3 +241,20 @@ def test_a_trial_left_running_by_optuna_ask_does_not_hang_the_run(
     trials = load("tiny-nn", workdir).trials
     assert trials[1].state == TrialState.FAIL
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+
+
+def test_space_changes_and_membership_for_both_spaces() -> None:
+    old = GBMSpace()
+    new = GBMSpace(max_depth=IntRange(low=2, high=4), learning_rate=FloatRange(low=0.1, high=0.1))
+    assert space_changes(old, new) == [
+        "max_depth 2-10 -> 2-4",
+        "learning_rate 0.01-0.3 log -> 0.1",
+    ]
+    assert new.contains_params({"max_depth": 3, "learning_rate": 0.1, "unknown": 1})
+    assert not new.contains_params({"max_depth": 5, "learning_rate": 0.1})
+    assert not new.contains_params({"max_depth": 3, "learning_rate": 0.2})
+    nn = NNSpace(activation=["relu"], batch_size=[64])
+    assert space_changes(NNSpace(), nn)[0].startswith("activation relu,leaky_relu,")
+    assert nn.contains_params({"activation": "relu", "batch_size": 64, "depth": 2})
+    assert not nn.contains_params({"activation": "tanh"})
+    assert not nn.contains_params({"depth": True})  # a bool is not the number 1
