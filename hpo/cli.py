@@ -114,10 +114,9 @@ def run(
 
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
-    if workers > 1:
-        if fresh:  # before the workers open the studies
-            _archive_for_fresh(spec, storage)
-            fresh = False
+    prepared = workers > 1
+    if prepared:
+        _prepare_studies(spec, storage, fresh, trials)  # once, before the workers start
         timeout = _run_workers(spec, spec_path, workers, storage, artifacts, trials, timeout, quiet)
         quiet = True  # the workers' progress was shown; what follows only finishes the run
     # Imported after the workers start: torch takes seconds to import.
@@ -138,6 +137,7 @@ def run(
             on_trial=on_trial,
             log=lambda message: err.print(message, highlight=False),
             fresh=fresh,
+            prepared=prepared,
         )
     for study in (result.nn_study, result.gbm_study):
         ranked = best_trials(study, 1)  # inside the current search space
@@ -150,13 +150,25 @@ def run(
     out.print(leaderboard_table(spec.name, result.leaderboard))
 
 
-def _archive_for_fresh(spec: StudySpec, storage: str | None) -> None:
-    from hpo.resume import archive_studies
-    from hpo.runner import open_spec_storage
+def _prepare_studies(spec: StudySpec, storage: str | None, fresh: bool, trials: int | None) -> None:
+    """``--fresh``: archive the studies; otherwise refuse a spec whose data changed. Then
+    say which targets are met already."""
+    from hpo.resume import archive_studies, check_rerun, note_target_met
+    from hpo.runner import open_spec_storage, study_targets
 
-    archive_studies(
-        spec, open_spec_storage(spec, storage), lambda line: err.print(line, highlight=False)
-    )
+    store = open_spec_storage(spec, storage)
+
+    def log(line: str) -> None:
+        err.print(line, highlight=False)
+
+    if fresh:
+        archive_studies(spec, store, log)
+    else:
+        check_rerun(spec, store)  # the workers say what changed in the search space
+    for (name, target), key in zip(
+        study_targets(spec, trials).items(), ("nn.trials", "gbm.trials"), strict=True
+    ):
+        note_target_met(store, name, target, key, log)
 
 
 def _run_workers(

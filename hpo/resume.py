@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from hpo.errors import HpoError
+from hpo.parallel import INTERRUPTS
 from hpo.spec import FloatRange, GBMSpace, IntRange, NNSpace, StudySpec
 
 CREATED_SPEC_ATTR = "created_spec"
@@ -137,10 +138,14 @@ def archive_studies(spec: StudySpec, storage: optuna.storages.BaseStorage, log: 
         if not _stored_exists(storage, name):
             continue
         archive = f"{spec.name}@{stamp}-{kind}"
-        optuna.copy_study(
-            from_study_name=name, from_storage=storage, to_storage=storage, to_study_name=archive
-        )
-        optuna.delete_study(study_name=name, storage=storage)
+        with INTERRUPTS.deferred():  # a Ctrl-C waits: no half-copied archive
+            optuna.copy_study(
+                from_study_name=name,
+                from_storage=storage,
+                to_storage=storage,
+                to_study_name=archive,
+            )
+            optuna.delete_study(study_name=name, storage=storage)
         kept.append(archive)
     if kept:
         log(f"{spec.name}: --fresh: the earlier studies are kept as {', '.join(kept)}")

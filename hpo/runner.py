@@ -68,6 +68,7 @@ def run_spec(
     log: Callable[[str], None] = lambda message: None,
     worker: bool = False,
     fresh: bool = False,
+    prepared: bool = False,
 ) -> RunResult:
     """Load the data, tune the NN study, then the GBM study, then build the ensemble.
 
@@ -82,6 +83,8 @@ def run_spec(
         fresh: keep the spec's existing studies under a dated name and start new ones
             (:func:`hpo.resume.archive_studies`); otherwise the spec must match the data,
             task and seed the studies were made with (:func:`hpo.resume.check_rerun`).
+        prepared: the caller has done that already, and said which targets were met
+            before its workers ran (``hpo run --workers``): no check and no notes here.
 
     Raises:
         HpoError: bad data or storage, a spec whose data no longer matches its studies, or
@@ -90,17 +93,21 @@ def run_spec(
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, storage_url)
     artifacts = open_artifacts(artifacts_path)
-    notes = [] if fresh else check_rerun(spec, storage)  # raises before anything is written
+    # Raises before anything is written.
+    notes = [] if fresh or prepared else check_rerun(spec, storage)
     log(
         f"{spec.name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/{len(data.test.y)} "
         f"train/val/test rows; storage {mask_url(resolve_url(storage_url))}"
     )
     for note in notes:
         log(note)
-    if fresh:
+    if fresh and not prepared:
         archive_studies(spec, storage, log)
     targets = study_targets(spec, trials)
-    note_target_met(storage, spec.nn_study_name, targets[spec.nn_study_name], "nn.trials", log)
+    # A worker among others finds targets met by its peers: no news.
+    notes_met = not (worker or prepared)
+    if notes_met:
+        note_target_met(storage, spec.nn_study_name, targets[spec.nn_study_name], "nn.trials", log)
     nn_study = run_nn_study(
         spec,
         data,
@@ -112,7 +119,10 @@ def run_spec(
         worker=worker,
         log=log,
     )
-    note_target_met(storage, spec.gbm_study_name, targets[spec.gbm_study_name], "gbm.trials", log)
+    if notes_met:
+        note_target_met(
+            storage, spec.gbm_study_name, targets[spec.gbm_study_name], "gbm.trials", log
+        )
     gbm_study = run_gbm_study(
         spec,
         data,
