@@ -179,7 +179,11 @@ def test_a_changed_target_column_stops(cli, write_spec, workdir: Path) -> None:
 def test_fresh_starts_new_studies_and_keeps_the_old(cli, write_spec, workdir: Path) -> None:
     assert cli("run", write_spec(), "--trials", "2").exit_code == 0
     old = {name: [t.params for t in load(name, workdir).trials] for name in STUDIES}
-    result = cli("run", write_spec({"data": {"name": "iris"}}), "--trials", "2", "--fresh")
+    iris = write_spec({"data": {"name": "iris"}})
+    refused = cli("run", iris, "--trials", "2", "--workers", "2")  # checked before workers start
+    assert refused.exit_code == 1 and refused.stderr.startswith("Error: tiny-nn was made")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    result = cli("run", iris, "--trials", "2", "--fresh")
     assert result.exit_code == 0, result.stderr
     assert "--fresh: the earlier studies are kept as tiny@" in result.stderr
     for name in STUDIES:
