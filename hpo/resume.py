@@ -37,7 +37,8 @@ Log = Callable[[str], None]
 
 
 def spec_attrs(spec: StudySpec, kind: Kind, stored: dict[str, Any]) -> dict[str, Any]:
-    """The spec attrs to store on a study: the first spec it was made from stays."""
+    """The spec attrs to store on a study: the first spec it was made from stays (for a
+    study made before ``created_spec`` existed, the spec of its latest run stands in)."""
     current = spec.model_dump(mode="json")
     return {
         KIND_ATTR: kind,
