@@ -98,6 +98,12 @@ def run(
         float | None, typer.Option(help="Seconds for this run (overrides the spec)")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh", help="Keep the existing studies under a dated name and start new ones"
+        ),
+    ] = False,
     workers: Annotated[
         int,
         typer.Option(
@@ -111,13 +117,21 @@ def run(
     _quiet_optuna()
     spec, base_dir = load_spec(spec_path)
     check_overrides(spec, trials=trials, timeout=timeout)
-    if workers > 1:
+    prepared = workers > 1
+    if prepared:
+        _prepare_studies(spec, storage, fresh, trials)  # once, before the workers start
         timeout = _run_workers(spec, spec_path, workers, storage, artifacts, trials, timeout, quiet)
         quiet = True  # the workers' progress was shown; what follows only finishes the run
     # Imported after the workers start: torch takes seconds to import.
     from hpo.parallel import INTERRUPTS
     from hpo.runner import run_spec, study_targets
-    from hpo.summary import leaderboard_table, objective_name, trial_summary, trials_table
+    from hpo.summary import (
+        best_trials,
+        leaderboard_table,
+        objective_name,
+        trial_summary,
+        trials_table,
+    )
 
     # Ctrl-C: the training trial ends as FAIL at once, no storage write is cut short, and a
     # signal that Python would drop (raised inside a finalizer) is kept, not lost.
@@ -131,16 +145,40 @@ def run(
             timeout=timeout,
             on_trial=on_trial,
             log=lambda message: err.print(message, highlight=False),
+            fresh=fresh,
+            prepared=prepared,
         )
     for study in (result.nn_study, result.gbm_study):
-        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        ranked = best_trials(study, 1)  # inside the current search space
+        if ranked:
             out.print(trials_table(study))
-            best = trial_summary(study.best_trial)
+            best = trial_summary(ranked[0])
             out.print(
                 f"Best trial #{best['number']}: {objective_name(study)} {best['value']:.4f} "
                 f"{best['metrics']}"
             )
     out.print(leaderboard_table(spec.name, result.leaderboard))
+
+
+def _prepare_studies(spec: StudySpec, storage: str | None, fresh: bool, trials: int | None) -> None:
+    """``--fresh``: archive the studies; otherwise refuse a spec whose data changed. Then
+    say which targets are met already."""
+    from hpo.resume import archive_studies, check_rerun, note_target_met
+    from hpo.runner import open_spec_storage, study_targets
+
+    store = open_spec_storage(spec, storage)
+
+    def log(line: str) -> None:
+        err.print(line, highlight=False)
+
+    if fresh:
+        archive_studies(spec, store, log)
+    else:
+        check_rerun(spec, store)  # the workers say what changed in the search space
+    for (name, target), key in zip(
+        study_targets(spec, trials).items(), ("nn.trials", "gbm.trials"), strict=True
+    ):
+        note_target_met(store, name, target, key, log)
 
 
 def _run_workers(

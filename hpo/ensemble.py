@@ -45,6 +45,7 @@ from hpo.metrics import (
     validation_loss,
 )
 from hpo.model import MLPSpec
+from hpo.resume import outside_current_space
 from hpo.spec import EnsembleConfig, StudySpec
 from hpo.storage import load_study
 from hpo.summary import best_trials
@@ -253,7 +254,8 @@ def build_ensemble(
         )
     n_classes = len(data.classes or [])
     no_skill = constant_prediction(task, data.train.y, len(data.val.y), n_classes)
-    leaderboard = {
+    # left_out: completed trials that best_trials passed over, outside the current space.
+    leaderboard: dict[str, Any] = {
         "method": config.method,
         "metric": metric,
         "higher_is_better": HIGHER_IS_BETTER[metric],
@@ -264,6 +266,9 @@ def build_ensemble(
             "val_metric": score(metric, no_skill, data.val.y),
         },
         "rows": rows,
+        "left_out": {
+            s.study_name: outside_current_space(s) for s in (nn_study, gbm_study) if s is not None
+        },
     }
     return EnsembleReport(
         name=name,

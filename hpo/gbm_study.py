@@ -20,7 +20,13 @@ from hpo.data import Dataset
 from hpo.locks import study_lock
 from hpo.members import GBMMember
 from hpo.metrics import recorded_metrics, scores
-from hpo.nn_study import describe_study, make_pruner, make_sampler, name_objective
+from hpo.nn_study import (
+    describe_study,
+    make_pruner,
+    make_sampler,
+    name_objective,
+    trials_started,
+)
 from hpo.parallel import INTERRUPTS, create_or_load, optimize_to_target
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
@@ -216,7 +222,8 @@ def open_gbm_study(
             sampler=make_sampler(spec),
             pruner=make_pruner(spec, max_rounds, min_steps=min_rounds, warmup_steps=min_rounds),
         )
-        describe_study(study, spec, data)
+        study.sampler = make_sampler(spec, trials_started(study))  # continue, never replay
+        describe_study(study, spec, data, "gbm")
         name_objective(study, spec.task)
         if exclusive or created:
             study.enqueue_trial(
@@ -235,6 +242,7 @@ def run_gbm_study(
     timeout: float | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     worker: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> optuna.Study:
     """Top the study up to ``n_trials`` finished (complete or pruned) trials, together with
     any other worker on it (see :func:`hpo.parallel.optimize_to_target`)."""
@@ -247,5 +255,6 @@ def run_gbm_study(
         timeout=timeout,
         callbacks=[on_trial] if on_trial is not None else (),
         worker=worker,
+        log=log,
     )
     return study

@@ -7,16 +7,19 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import optuna
 import optuna_dashboard
 import torch
 import yaml
+from optuna.trial import TrialState
 
 from hpo.data import Dataset
 from hpo.locks import study_lock
 from hpo.metrics import loss_name
 from hpo.model import MLPSpec
 from hpo.parallel import DONE_STATES, INTERRUPTS, create_or_load, optimize_to_target
+from hpo.resume import Kind, spec_attrs
 from hpo.search_space import suggest
 from hpo.spec import StudySpec, Task, spec_hash
 from hpo.storage import save_trial_results
@@ -24,18 +27,41 @@ from hpo.threads import configure_threads
 from hpo.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, started: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler for a study in which ``started`` trials have already begun."""
+    seed = sampler_seed(spec.seed, started)
     match spec.sampler:
         case "tpe":
             # constant_liar keeps parallel workers from sampling the same point.
-            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
         case "random":
-            return optuna.samplers.RandomSampler(seed=spec.seed)
+            return optuna.samplers.RandomSampler(seed=seed)
         case "gp":
-            return optuna.samplers.GPSampler(seed=spec.seed)
+            return optuna.samplers.GPSampler(seed=seed)
         case "qmc":
-            return optuna.samplers.QMCSampler(seed=spec.seed)
+            return optuna.samplers.QMCSampler(seed=seed)
     raise ValueError(spec.sampler)
+
+
+def sampler_seed(seed: int, started: int) -> int:
+    """The spec's seed for a new study; for a top-up, one derived from it and ``started``.
+
+    Seeded with the spec's seed again, a top-up would draw the same start-up trials as the
+    first run (a random sampler replays its stream; TPE and GP sample at random until they
+    have enough trials). Reseeding from fresh entropy would avoid that but make a top-up
+    irreproducible. The count of trials started so far differs between any two runs that
+    drew a trial, so each such run draws from its own stream, and the same history gives the
+    same seed. A new study keeps the plain spec seed: same spec, same first trials.
+    """
+    if started == 0:
+        return seed
+    entropy = [seed & 0xFFFF_FFFF_FFFF_FFFF, started]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def trials_started(study: optuna.Study) -> int:
+    """Trials that have begun (any state but WAITING): each drew its params when it began."""
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def make_pruner(
@@ -149,7 +175,8 @@ def open_nn_study(
             sampler=make_sampler(spec),
             pruner=make_pruner(spec, spec.nn.epochs),
         )
-        describe_study(study, spec, data)
+        study.sampler = make_sampler(spec, trials_started(study))  # continue, never replay
+        describe_study(study, spec, data, "nn")
         name_objective(study, spec.task)
         if not (exclusive or created):
             return study  # no lock to make skip_if_exists safe: the creator enqueued them
@@ -170,9 +197,9 @@ def name_objective(study: optuna.Study, task: Task) -> None:
             study.set_metric_names(names)
 
 
-def describe_study(study: optuna.Study, spec: StudySpec, data: Dataset) -> None:
+def describe_study(study: optuna.Study, spec: StudySpec, data: Dataset, kind: Kind) -> None:
     """Study user attrs and the dashboard note: what a reader of the dashboard or ``hpo status``
-    needs to know."""
+    needs to know. The spec the study was made from stays; ``spec`` is the latest run's."""
     attrs = {
         "dataset": data.source,
         "task": spec.task,
@@ -180,7 +207,7 @@ def describe_study(study: optuna.Study, spec: StudySpec, data: Dataset) -> None:
         "n_features": data.n_features,
         "classes": data.classes,
         "split_sizes": [len(data.train.y), len(data.val.y), len(data.test.y)],
-        "spec": spec.model_dump(mode="json"),
+        **spec_attrs(spec, kind, study.user_attrs),
     }
     for key, value in attrs.items():
         if study.user_attrs.get(key) != value:
@@ -213,6 +240,7 @@ def run_nn_study(
     timeout: float | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     worker: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> optuna.Study:
     """Top the study up to ``n_trials`` finished (complete or pruned) trials, together with
     any other process working on it (``worker``: this is one of several, see
@@ -227,5 +255,6 @@ def run_nn_study(
         timeout=timeout,
         callbacks=[on_trial] if on_trial is not None else (),
         worker=worker,
+        log=log,
     )
     return study

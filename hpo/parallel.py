@@ -14,7 +14,9 @@ caller, and every study (NN, GBM) that workers share goes through here to close 
   target. The lock is let go inside the trial, once it is RUNNING and so counted by
   everyone else; training itself runs in parallel.
 - A worker that waits for the last running trials also fails stale ones (heartbeat
-  older than the grace period), whose retries it or another worker then runs.
+  older than the grace period), whose retries it or another worker then runs. A trial
+  left RUNNING by a client with no heartbeat (``optuna ask``, ``study.ask()``) never goes
+  stale that way, so one that also makes no progress for the grace period is failed too.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from types import FrameType
+from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.trial import TrialState
+from optuna.storages._rdb.models import TrialHeartbeatModel
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo.locks import study_lock
 
@@ -141,6 +147,74 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def trials_with_heartbeat(storage: optuna.storages.BaseStorage, trial_ids: list[int]) -> set[int]:
+    """The trials among ``trial_ids`` that have a heartbeat row (their client beats).
+
+    Optuna offers no public call for this; its heartbeat table is part of its RDB schema.
+    """
+    if not trial_ids or not isinstance(storage, optuna.storages.RDBStorage):
+        return set()
+    column = TrialHeartbeatModel.trial_id
+    with storage.engine.connect() as connection:
+        rows = connection.execute(sqlalchemy.select(column).where(column.in_(trial_ids)))
+        return {row[0] for row in rows}
+
+
+class StuckTrials:
+    """Watches the RUNNING trials that a waiting worker waits for, and fails stuck ones.
+
+    Stuck: no heartbeat row (a heartbeat trial goes stale through Optuna instead), started
+    more than ``grace_period`` seconds ago, and no new intermediate value or user attr
+    seen here for ``grace_period`` seconds. Such a trial was left by a client that asked
+    for it and went away; counted as running, it would keep the study from its target
+    forever. A trial of a worker behind the gRPC proxy (no heartbeat either) reports every
+    epoch or boosting round, and so is not taken for stuck.
+    """
+
+    def __init__(self, study: optuna.Study, grace_period: float, log: Callable[[str], None]):
+        self.study, self.grace_period, self.log = study, grace_period, log
+        self.progress: dict[int, tuple[Any, float]] = {}  # trial id -> (progress, since)
+        self.announced: list[int] = []
+
+    def check(self) -> None:
+        """Say what the worker waits for (when that changes) and fail stuck trials."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        numbers = [t.number for t in running]
+        if numbers and numbers != self.announced:
+            listed = ", ".join(map(str, numbers))
+            self.log(
+                f"{self.study.study_name}: waiting for trial{'s' if len(numbers) > 1 else ''} "
+                f"{listed}, RUNNING in another process (one with no heartbeat that makes no "
+                f"progress for {self.grace_period:g} s is marked FAIL)"
+            )
+        self.announced = numbers
+        now = time.monotonic()
+        for trial in running:
+            mark = (len(trial.intermediate_values), len(trial.user_attrs))
+            seen = self.progress.get(trial._trial_id)
+            if seen is None or seen[0] != mark:
+                self.progress[trial._trial_id] = (mark, now)
+        beating = trials_with_heartbeat(self.study._storage, [t._trial_id for t in running])
+        for trial in running:
+            if trial._trial_id not in beating and self._idle(trial, now):
+                self._fail(trial)
+
+    def _idle(self, trial: FrozenTrial, now: float) -> bool:
+        started = trial.datetime_start or datetime.now()
+        age = (datetime.now() - started).total_seconds()
+        return min(age, now - self.progress[trial._trial_id][1]) > self.grace_period
+
+    def _fail(self, trial: FrozenTrial) -> None:
+        try:
+            self.study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # it finished (or another worker failed it) meanwhile
+        self.log(
+            f"{self.study.study_name}: trial {trial.number} made no progress for "
+            f"{self.grace_period:g} s and has no heartbeat: marked FAIL"
+        )
+
+
 def optimize_to_target(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -150,6 +224,7 @@ def optimize_to_target(
     timeout: float | None = None,
     callbacks: Iterable[Callback] = (),
     worker: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> int:
     """Run trials until the study holds ``target`` finished trials; returns how many ran here.
 
@@ -157,7 +232,9 @@ def optimize_to_target(
     them may belong to a dead worker, and its retry will need running. Without one (the
     gRPC proxy) a dead worker's trial can never be told apart from a slow one, so workers
     count finished trials only and stop at the target; trials still running then finish,
-    so the study may end up to (workers - 1) trials above it.
+    so the study may end up to (workers - 1) trials above it. While it waits, it says for
+    which trials (one line each time that changes), and fails trials left RUNNING with no
+    heartbeat and no progress (:class:`StuckTrials`).
 
     Args:
         worker: other processes share the study. The sampler then draws from fresh
@@ -168,6 +245,7 @@ def optimize_to_target(
         study.sampler.reseed_rng()
     lock = study_lock(storage, study.study_name)
     heartbeat = is_heartbeat_enabled(storage)
+    stuck = StuckTrials(study, _grace_period(storage), log) if heartbeat else None
     callbacks = list(callbacks)
     started = time.monotonic()
     ran = 0
@@ -190,7 +268,8 @@ def optimize_to_target(
                 done, running = trial_counts(study)
                 if done >= target:
                     break
-                if heartbeat and done + running >= target:
+                if stuck is not None and done + running >= target:
+                    stuck.check()
                     wait = True
                 else:
                     study.optimize(run_trial, n_trials=1, callbacks=callbacks)
@@ -200,3 +279,10 @@ def optimize_to_target(
             if wait:
                 time.sleep(WAIT_S)
     return ran
+
+
+def _grace_period(storage: optuna.storages.BaseStorage) -> float:
+    """The storage's grace period (Optuna's default: two heartbeat intervals)."""
+    grace = getattr(storage, "grace_period", None)
+    interval = getattr(storage, "heartbeat_interval", None) or 0
+    return float(grace if grace is not None else 2 * interval)

@@ -17,6 +17,7 @@ from hpo.data import Dataset, load_dataset
 from hpo.ensemble import EnsembleReport, build_ensemble, store_leaderboard
 from hpo.gbm_study import run_gbm_study
 from hpo.nn_study import run_nn_study
+from hpo.resume import archive_studies, check_rerun, note_target_met
 from hpo.sanity import check_studies_have_values, check_useful
 from hpo.spec import StudySpec
 from hpo.storage import mask_url, open_artifacts, open_storage
@@ -67,6 +68,8 @@ def run_spec(
     on_trial: TrialCallback | None = None,
     log: Callable[[str], None] = lambda message: None,
     worker: bool = False,
+    fresh: bool = False,
+    prepared: bool = False,
 ) -> RunResult:
     """Load the data, tune the NN study, then the GBM study, then build the ensemble.
 
@@ -78,37 +81,60 @@ def run_spec(
         worker: this process is one of several on the studies (``hpo worker``): its
             samplers draw their own random numbers, and the ensemble, built once per run
             rather than once per worker, is left to ``hpo run`` (or ``hpo ensemble``).
+        fresh: keep the spec's existing studies under a dated name and start new ones
+            (:func:`hpo.resume.archive_studies`); otherwise the spec must match the data,
+            task and seed the studies were made with (:func:`hpo.resume.check_rerun`).
+        prepared: the caller has done that already, and said which targets were met
+            before its workers ran (``hpo run --workers``): no check and no notes here.
 
     Raises:
-        HpoError: bad data or storage, a study whose trials all ended without a value,
-            or no model better than the no-skill baseline (see :mod:`hpo.sanity`).
+        HpoError: bad data or storage, a spec whose data no longer matches its studies, a
+            study whose trials all ended without a value, or no model better than the
+            no-skill baseline (see :mod:`hpo.sanity`).
     """
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, storage_url)
     artifacts = open_artifacts(artifacts_path)
+    # Raises before anything is written.
+    notes = [] if fresh or prepared else check_rerun(spec, storage)
     log(
         f"{spec.name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/{len(data.test.y)} "
         f"train/val/test rows; storage {mask_url(resolve_url(storage_url))}"
     )
+    for note in notes:
+        log(note)
+    if fresh and not prepared:
+        archive_studies(spec, storage, log)
+    targets = study_targets(spec, trials)
+    # A worker among others finds targets met by its peers: no news.
+    notes_met = not (worker or prepared)
+    if notes_met:
+        note_target_met(storage, spec.nn_study_name, targets[spec.nn_study_name], "nn.trials", log)
     nn_study = run_nn_study(
         spec,
         data,
         storage,
         artifacts,
-        n_trials=spec.nn.trials if trials is None else trials,
+        n_trials=targets[spec.nn_study_name],
         timeout=timeout or spec.nn.timeout,
         on_trial=on_trial,
         worker=worker,
+        log=log,
     )
+    if notes_met:
+        note_target_met(
+            storage, spec.gbm_study_name, targets[spec.gbm_study_name], "gbm.trials", log
+        )
     gbm_study = run_gbm_study(
         spec,
         data,
         storage,
         artifacts,
-        n_trials=spec.gbm.trials if trials is None else trials,
+        n_trials=targets[spec.gbm_study_name],
         timeout=timeout or spec.gbm.timeout,
         on_trial=on_trial,
         worker=worker,
+        log=log,
     )
     if worker:
         return RunResult(nn_study=nn_study, gbm_study=gbm_study, data=data, ensemble=None)

@@ -116,7 +116,24 @@ def _choices(kind: Any) -> Any:
     return Annotated[list[kind], BeforeValidator(_pin_choice), Field(min_length=1)]
 
 
-class NNSpace(_Frozen):
+class _Space(_Frozen):
+    """A search space: each field a range or a list of choices."""
+
+    def contains(self, name: str, value: Any) -> bool:
+        """Whether ``value`` lies in dimension ``name``."""
+        dim = getattr(self, name)
+        if isinstance(dim, IntRange | FloatRange):
+            is_number = isinstance(value, int | float) and not isinstance(value, bool)
+            return is_number and dim.low <= value <= dim.high
+        return value in dim
+
+    def contains_params(self, params: dict[str, Any]) -> bool:
+        """Whether a trial's params all lie in this space (params it has no field for pass)."""
+        fields = type(self).model_fields
+        return all(self.contains(k, v) for k, v in params.items() if k in fields)
+
+
+class NNSpace(_Space):
     """The MLP search space; every key has a default range."""
 
     depth: IntDim = IntRange(low=1, high=4)
@@ -144,14 +161,6 @@ class NNSpace(_Frozen):
         if min(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         return self
-
-    def contains(self, name: str, value: Any) -> bool:
-        """Whether ``value`` lies in dimension ``name``."""
-        dim = getattr(self, name)
-        if isinstance(dim, IntRange | FloatRange):
-            is_number = isinstance(value, int | float) and not isinstance(value, bool)
-            return is_number and dim.low <= value <= dim.high
-        return value in dim
 
     @staticmethod
     def _show(r: FloatRange) -> str:
@@ -202,7 +211,7 @@ class NNConfig(_Frozen):
         return self
 
 
-class GBMSpace(_Frozen):
+class GBMSpace(_Space):
     """The XGBoost search space; every key has a default range, a plain value pins it.
 
     ``n_estimators`` is the most boosting rounds a trial may use: early stopping on the

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from rich.table import Table
 
 from hpo.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, default_metric
+from hpo.resume import current_space
 
 # Every metric a trial may record (hpo.metrics.recorded_metrics), val then test.
 METRIC_KEYS = tuple(
@@ -25,7 +26,12 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def best_trials(study: optuna.Study, top: int = 5) -> list[optuna.trial.FrozenTrial]:
+    """The best completed trials inside the study's current search space (a narrowed space
+    leaves out trials the spec no longer asks for)."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    space = current_space(study)
+    if space is not None:
+        done = [t for t in done if space.contains_params(t.params)]
     return sorted(done, key=lambda t: t.value if t.value is not None else float("inf"))[:top]
 
 
@@ -101,7 +107,9 @@ def leaderboard_table(name: str, leaderboard: dict[str, Any]) -> Table:
     rows = leaderboard["rows"]
     extra = [m for m in ("roc_auc",) if m != metric and any(f"val_{m}" in row for row in rows)]
     title = f"{name}: ensemble leaderboard (exported: {leaderboard['method']}, * below)"
-    table = Table(title=title, title_justify="left")
+    left_out = ", ".join(f"{n} {k}" for n, k in leaderboard.get("left_out", {}).items() if k)
+    caption = f"left out, outside the current search space: {left_out}" if left_out else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("member")
     table.add_column("kind")
     # The loss column unless the metric is the loss (regression's rmse): then once.
