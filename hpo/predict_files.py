@@ -88,12 +88,14 @@ def predict_to_csv(
     output: Path | None,
     *,
     proba: bool = False,
-    chunk_rows: int | None = None,
 ) -> int:
     """Predict ``input_path`` chunk by chunk into a CSV at ``output`` (or stdout).
 
     The CSV has ``label`` (or ``prediction`` for regression), then with ``proba`` one
     ``proba_<class>`` column per class. Rows done are shown on stderr when it is a terminal.
+    A chunk is the model's own block of rows (``block_rows_``), so the output is the very
+    same as ``model.predict`` on the whole input: a matrix product's last bit can depend on
+    how many rows it multiplies at once.
 
     Args:
         model: the loaded bundle.
@@ -101,7 +103,6 @@ def predict_to_csv(
         output: the CSV to write (whole or nothing), or None for stdout (after the last
             chunk, so an error midway prints no partial output).
         proba: add the class probabilities (classification only).
-        chunk_rows: rows per chunk; by default the model's own block size.
 
     Returns:
         The number of rows predicted.
@@ -115,7 +116,7 @@ def predict_to_csv(
         raise HpoError("--proba needs a classification bundle; this one is regression")
     pre = model.preprocessor_
     chunks = iter_features(
-        input_path, dialect=Dialect(**pre.read_options), chunk_rows=chunk_rows or model.block_rows_
+        input_path, dialect=Dialect(**pre.read_options), chunk_rows=model.block_rows_
     )
     done = 0
     with _Spool(output) as out:
