@@ -30,11 +30,11 @@ from hpo.errors import InputError
 from hpo.members import Member, combine
 
 # Values per block of rows predicted at once: memory stays flat, however many rows come.
-BLOCK_VALUES = 2**22
+BLOCK_VALUES = 2**20
 
 
 def block_rows(width: int) -> int:
-    """Rows per block for a matrix ``width`` columns wide (about 16 MB of float32)."""
+    """Rows per block for a matrix ``width`` columns wide (about 4 MB of float32)."""
     return max(1, BLOCK_VALUES // max(1, width))
 
 
