@@ -22,49 +22,40 @@ import pandas as pd
 from hpo.errors import HpoError
 from hpo.estimator import EnsembleClassifier, EnsembleRegressor
 from hpo.idx import read_idx
-from hpo.tables import TABLE_SUFFIXES, Dialect, iter_table, read_table
-
-
-def read_features(path: Path, *, dialect: Dialect = Dialect()) -> np.ndarray | pd.DataFrame:
-    """Raw features: a table (CSV, Parquet) as a DataFrame, to be matched by column name;
-    ``.npy`` (no pickle) and IDX as a 2-D float array, one row per sample, images flattened.
-
-    A CSV is read as the training data was (same reader, the bundle's separator, thousands
-    and decimal marks).
-
-    Raises:
-        HpoError: missing or unreadable file, or a 1-D array.
-    """
-    if not path.is_file():
-        raise HpoError(f"{path}: no such input file")
-    if path.suffix.lower() in TABLE_SUFFIXES:
-        return read_table(path, dialect)
-    return _as_rows(_load_array(path), path).astype(np.float64)
+from hpo.tables import TABLE_SUFFIXES, Dialect, iter_table
 
 
 def iter_features(
     path: Path, *, dialect: Dialect = Dialect(), chunk_rows: int
 ) -> Iterator[np.ndarray | pd.DataFrame]:
-    """:func:`read_features` in chunks of ``chunk_rows`` rows (the last one shorter).
+    """Raw features in chunks of ``chunk_rows`` rows (the last one shorter).
+
+    A table (CSV, Parquet) comes as DataFrames, to be matched by column name, read as the
+    training data was (same reader, the bundle's separator, thousands and decimal marks);
+    ``.npy`` (no pickle, memory-mapped) and IDX as 2-D float arrays, one row per sample,
+    images flattened.
 
     Raises:
-        HpoError: as :func:`read_features`, at the chunk where the problem shows.
+        HpoError: missing, not a regular file, unreadable (at the chunk where it shows), or
+            a 1-D array.
     """
-    if not path.is_file():
+    if not path.exists():
         raise HpoError(f"{path}: no such input file")
+    if not path.is_file():
+        raise HpoError(f"{path}: not a regular file (a FIFO, device or folder)")
     if path.suffix.lower() in TABLE_SUFFIXES:
         yield from iter_table(path, dialect, chunk_rows)
         return
-    x = _as_rows(_load_array(path, mmap=True), path)
+    x = _as_rows(_load_array(path), path)
     for start in range(0, len(x), chunk_rows):
         yield np.asarray(x[start : start + chunk_rows], dtype=np.float64)
 
 
-def _load_array(path: Path, *, mmap: bool = False) -> np.ndarray:
-    """``.npy`` (no pickle; memory-mapped with ``mmap``) or IDX."""
+def _load_array(path: Path) -> np.ndarray:
+    """``.npy`` (no pickle, memory-mapped) or IDX."""
     if path.suffix.lower() == ".npy":
         try:
-            return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+            return np.load(path, allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError) as e:
             raise HpoError(f"{path}: cannot read as .npy ({e})") from None
     try:

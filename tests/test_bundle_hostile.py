@@ -233,3 +233,11 @@ def test_an_error_in_a_later_chunk_writes_nothing(exported: Exported, tmp_path: 
     with pytest.raises(HpoError, match="'oops' is not a number"):
         predict_to_csv(model, tmp_path / "x.csv", out)
     assert list(out.parent.iterdir()) == []  # no output, no temporary file
+
+
+def test_a_fifo_as_predict_input_is_refused_at_once(
+    exported: Exported, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    os.mkfifo(tmp_path / "x.csv")
+    result = cli("predict", exported.bundle, "--input", tmp_path / "x.csv")
+    one_error_line(result, "x.csv: not a regular file")
