@@ -110,23 +110,26 @@ def predict_to_csv(
         input_path, dialect=Dialect(**pre.read_options), chunk_rows=model.block_rows_
     )
     done = 0
-    with _Spool(output) as out:
-        writer = csv.writer(out, lineterminator="\n")
-        header = ["label" if classes is not None else "prediction"]
-        writer.writerow(header + ([f"proba_{c}" for c in classes or []] if proba else []))
-        for chunk in chunks:
-            if isinstance(chunk, pd.DataFrame):
-                # The first chunk is matched by name (and warns of extra columns) once.
-                chunk = pre.select_columns(chunk) if done == 0 else chunk[pre.feature_names]
-            if isinstance(model, EnsembleClassifier):
-                probabilities = model.predict_proba(chunk)
-                labels = model.classes_[probabilities.argmax(axis=1)]
-                _write_rows(writer, labels, probabilities if proba else None)
-            else:
-                _write_rows(writer, model.predict(chunk), None)
-            done += len(chunk)
-            _progress(f"{done:,} rows predicted")
-    _progress(None)
+    try:
+        with _Spool(output) as out:
+            writer = csv.writer(out, lineterminator="\n")
+            header = ["label" if classes is not None else "prediction"]
+            writer.writerow(header + ([f"proba_{c}" for c in classes or []] if proba else []))
+            for chunk in chunks:
+                if isinstance(chunk, pd.DataFrame):
+                    # The first chunk is matched by name (and warns of extra columns) once.
+                    chunk = pre.select_columns(chunk) if done == 0 else chunk[pre.feature_names]
+                if isinstance(model, EnsembleClassifier):
+                    probabilities = model.predict_proba(chunk)
+                    labels = model.classes_[probabilities.argmax(axis=1)]
+                    _write_rows(writer, labels, probabilities if proba else None)
+                else:
+                    _write_rows(writer, model.predict(chunk), None)
+                done += len(chunk)
+                _progress(f"{done:,} rows predicted")
+    finally:
+        if done:
+            _progress(None)  # ends the line, also before an error
     return done
 
 

@@ -100,8 +100,9 @@ def iter_table(path: Path, dialect: Dialect, chunk_rows: int) -> Iterator[pd.Dat
 
 def _raw_chunks(path: Path, dialect: Dialect, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if _is_parquet(path):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
+        with pq.ParquetFile(path) as parquet:
+            for batch in parquet.iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
         return
     with _read_csv(path, dialect, chunk_rows) as reader:
         yield from reader

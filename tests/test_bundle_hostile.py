@@ -9,9 +9,11 @@ The hostile cases run ``hpo predict`` in a subprocess under a memory limit and a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,3 +243,24 @@ def test_a_fifo_as_predict_input_is_refused_at_once(
     os.mkfifo(tmp_path / "x.csv")
     result = cli("predict", exported.bundle, "--input", tmp_path / "x.csv")
     one_error_line(result, "x.csv: not a regular file")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_goes_to_a_terminal_only(
+    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = hpo_lib.load_ensemble(exported.bundle)
+    model.block_rows_ = 40
+    np.save(tmp_path / "x.npy", exported.x)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    predict_to_csv(model, tmp_path / "x.npy", tmp_path / "out.csv")
+    assert terminal.getvalue() == "\r40 rows predicted\r80 rows predicted\r100 rows predicted\n"
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    predict_to_csv(model, tmp_path / "x.npy", tmp_path / "out.csv")
+    assert piped.getvalue() == ""
