@@ -644,25 +644,14 @@ def predict(
         bool, typer.Option("--proba", help="Add one probability column per class")
     ] = False,
 ) -> None:
-    """Predict with an exported bundle alone: no database, no artifact store."""
-    from hpo.estimator import EnsembleClassifier, load_ensemble
-    from hpo.predict_files import predictions_csv, read_features, write_text
-    from hpo.tables import Dialect
+    """Predict with an exported bundle alone: no database, no artifact store.
 
-    model = load_ensemble(bundle)
-    manifest = model.manifest_
-    if proba and not isinstance(model, EnsembleClassifier):
-        raise HpoError("--proba needs a classification bundle; this one is regression")
-    x = read_features(input_path, dialect=Dialect(**model.preprocessor_.read_options))
-    if isinstance(model, EnsembleClassifier):
-        probabilities = model.predict_proba(x)
-        labels = model.classes_[probabilities.argmax(axis=1)]
-        text = predictions_csv(
-            labels, probabilities=probabilities if proba else None, classes=manifest.classes
-        )
-    else:
-        text = predictions_csv(model.predict(x), probabilities=None, classes=None)
-    write_text(text, output)
+    Large inputs are read and predicted in chunks, so memory stays flat as rows grow.
+    """
+    from hpo.estimator import load_ensemble
+    from hpo.predict_files import predict_to_csv
+
+    predict_to_csv(load_ensemble(bundle), input_path, output, proba=proba)
 
 
 @data_app.command("fetch")

@@ -29,6 +29,14 @@ from hpo.bundle import LoadedBundle, load_bundle
 from hpo.errors import InputError
 from hpo.members import Member, combine
 
+# Values per block of rows predicted at once: memory stays flat, however many rows come.
+BLOCK_VALUES = 2**20
+
+
+def block_rows(width: int) -> int:
+    """Rows per block for a matrix ``width`` columns wide (about 4 MB of float32)."""
+    return max(1, BLOCK_VALUES // max(1, width))
+
 
 class _BundleEstimator(BaseEstimator):
     def __init__(self, path: str | Path) -> None:
@@ -50,14 +58,26 @@ class _BundleEstimator(BaseEstimator):
         self.preprocessor_ = bundle.preprocessor
         self.n_features_in_ = m.n_features
         self.feature_names_in_ = np.asarray(m.feature_names, dtype=object)
+        widest = max(m.n_features, len(bundle.preprocessor.nn_feature_names))
+        self.block_rows_ = block_rows(widest)
         return self
 
     def _combined(self, X: Any) -> np.ndarray:
+        """Checked once, then predicted in blocks of ``block_rows_`` rows."""
         check_is_fitted(self, "members_")
         if isinstance(X, pd.DataFrame):
-            views = self.preprocessor_.transform(self.preprocessor_.select_columns(X))
+            rows: pd.DataFrame | np.ndarray = self.preprocessor_.select_columns(X)
         else:
-            views = self.preprocessor_.transform(self._check_input(X))
+            rows = self._check_input(X)
+        step = self.block_rows_
+        if len(rows) <= step:
+            return self._predict_block(rows)
+        take = rows.iloc if isinstance(rows, pd.DataFrame) else rows
+        blocks = [take[i : i + step] for i in range(0, len(rows), step)]
+        return np.concatenate([self._predict_block(block) for block in blocks])
+
+    def _predict_block(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
+        views = self.preprocessor_.transform(rows)
         return combine([m.predict(views[m.kind]) for m in self.members_], self.weights_)
 
     def _check_input(self, X: Any) -> np.ndarray:
