@@ -1,0 +1,252 @@
+"""The whole ensemble as one ONNX graph (``model.onnx`` in a bundle), for ONNX Runtime.
+
+The graph takes the raw features as one float matrix ``X`` ``[rows, features]`` in the
+training column order (NaN or infinity for a missing value) and does what
+:class:`hpo.preprocess.Preprocessor` and :func:`hpo.members.combine` do:
+
+- the preprocessing: infinity as missing, the training medians for missing values, the
+  scaling, the missing-indicator columns (ONNX operators, constants from the fitted JSON);
+- every NN member (``torch.onnx.export``, the dynamo exporter) and every XGBoost member
+  (onnxmltools' converter), each on its own view, as :mod:`hpo.members` feeds them;
+- softmax, sigmoid or the target's un-standardizing, and the weighted average in float64.
+
+Outputs: ``label`` (the original class) and ``probabilities`` ``[rows, classes]``, or
+``prediction`` (target units) for regression. The graph's metadata names the bundle's
+members and weights, so a ``model.onnx`` from another bundle is refused at load.
+
+Tables with category columns are refused: onnxmltools converts XGBoost's native
+categorical splits only since a recent release (onnx/onnxmltools#734, #743), with an open
+fix for the category codes (#773), so we do not rely on it yet.
+
+Checked with torch 2.13, onnx 1.23, onnxscript 0.7, onnxmltools 1.16, onnxruntime 1.32.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnx.version_converter
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from hpo.errors import HpoError
+from hpo.members import GBMMember, Member, NNMember
+from hpo.preprocess import Preprocessor
+from hpo.spec import Task
+
+ONNX_FILE = "model.onnx"
+OPSET = 18  # the dynamo exporter's default
+GBM_OPSET = 15  # the highest onnxmltools 1.16 converts to; upgraded to OPSET after
+INPUT = "X"
+META_MEMBERS = "hpo.members"  # JSON [[kind, trial, weight], ...]: binds the graph to its bundle
+
+
+def members_fingerprint(kinds_trials_weights: Sequence[tuple[str, int, float]]) -> str:
+    """The members a graph holds, as the manifest lists them (weights rounded: JSON floats)."""
+    return json.dumps([[k, int(t), round(float(w), 12)] for k, t, w in kinds_trials_weights])
+
+
+def build_onnx(
+    members: Sequence[Member],
+    weights: Sequence[float],
+    pre: Preprocessor,
+    *,
+    task: Task,
+    classes: Sequence[int | float | str] | None,
+) -> bytes:
+    """The serialized ONNX model of an ensemble (members of weight 0 already left out).
+
+    Raises:
+        HpoError: the data has category columns (not supported in ONNX yet).
+    """
+    if pre.categorical:
+        raise HpoError(
+            "--format onnx does not support tables with category columns yet "
+            f"({', '.join(c.name for c in pre.categorical)}); export without --format onnx"
+        )
+    graph = _Graph()
+    nn_view, gbm_view = _preprocessing(graph, pre)
+    outputs = []
+    for i, member in enumerate(members):
+        prefix = f"m{i}_{member.kind}{member.trial}_"
+        if isinstance(member, NNMember):
+            width = len(pre.nn_feature_names)
+            out = _add_nn(graph, member, nn_view, width, prefix, task)
+        else:
+            width = len(pre.numeric) if pre.gbm_own_view else len(pre.nn_feature_names)
+            out = _add_gbm(graph, member, gbm_view, width, prefix, task)
+        outputs.append(graph.op("Mul", [out, graph.const(np.float64(weights[i]))]))
+    total = outputs[0] if len(outputs) == 1 else graph.op("Sum", outputs)
+    if task == "regression":
+        graph.node("Identity", [total], ["prediction"])
+        graph.outputs.append(helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, [None]))
+    else:
+        assert classes is not None
+        graph.node("Identity", [total], ["probabilities"])
+        index = graph.op("ArgMax", [total], axis=1, keepdims=0)
+        graph.node("Gather", [graph.const(_classes_array(classes)), index], ["label"], axis=0)
+        label_type = helper.np_dtype_to_tensor_dtype(_classes_array(classes).dtype)
+        graph.outputs += [
+            helper.make_tensor_value_info("label", label_type, [None]),
+            helper.make_tensor_value_info(
+                "probabilities", TensorProto.DOUBLE, [None, len(classes)]
+            ),
+        ]
+    model = graph.model(pre)
+    fingerprint = members_fingerprint([(m.kind, m.trial, w) for m, w in zip(members, weights, strict=True)])
+    helper.set_model_props(model, {META_MEMBERS: fingerprint})
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def _classes_array(classes: Sequence[int | float | str]) -> np.ndarray:
+    """The classes as one typed tensor: int64, float64 or text (as the manifest holds them)."""
+    if all(isinstance(c, int) for c in classes):
+        return np.asarray(classes, dtype=np.int64)
+    if all(isinstance(c, int | float) for c in classes):
+        return np.asarray(classes, dtype=np.float64)
+    return np.asarray([str(c) for c in classes], dtype=object)
+
+
+class _Graph:
+    """Nodes, constants and sub-graphs collected into one ONNX graph."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.functions: list[onnx.FunctionProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.opsets: dict[str, int] = {"": OPSET}
+        self._n = 0
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const(self, value: np.ndarray | np.generic) -> str:
+        name = self.name("const")
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], **attrs: object) -> None:
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=self.name(op), **attrs))
+
+    def op(self, op: str, inputs: list[str], **attrs: object) -> str:
+        out = self.name(op.lower())
+        self.node(op, inputs, [out], **attrs)
+        return out
+
+    def add_model(self, model: onnx.ModelProto, prefix: str, feed: str) -> list[str]:
+        """Copy a converted model in (names prefixed), its one input fed by ``feed``."""
+        model = onnx.compose.add_prefix(model, prefix)
+        (inp,) = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        self.node("Identity", [feed], [inp])
+        self.nodes += model.graph.node
+        self.initializers += model.graph.initializer
+        self.functions += model.functions
+        for opset in model.opset_import:
+            self.opsets[opset.domain] = max(self.opsets.get(opset.domain, 0), opset.version)
+        return [o.name for o in model.graph.output]
+
+    def model(self, pre: Preprocessor) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes,
+            "hpo_ensemble",
+            [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, len(pre.feature_names)])],
+            self.outputs,
+            initializer=self.initializers,
+        )
+        opsets = [helper.make_opsetid(domain, v) for domain, v in self.opsets.items()]
+        model = helper.make_model(
+            graph, opset_imports=opsets, functions=self.functions, producer_name="hpo"
+        )
+        model.ir_version = min(model.ir_version, 10)  # readable by onnxruntime 1.20 and later
+        return model
+
+
+def _preprocessing(graph: _Graph, pre: Preprocessor) -> tuple[str, str]:
+    """The MLP's view and XGBoost's view of ``X`` (see :meth:`Preprocessor.transform`)."""
+    nan = graph.const(np.float32(np.nan))
+    # Infinity is a missing value, as in a table read by the native engine.
+    x = graph.op("Where", [graph.op("IsInf", [INPUT]), nan, INPUT])
+    missing = graph.op("IsNaN", [x])
+    imputed = graph.op("Where", [missing, graph.const(pre.medians.astype(np.float32)), x])
+    shifted = graph.op("Sub", [imputed, graph.const(pre.scaler.offset.astype(np.float32))])
+    scaled = graph.op("Div", [shifted, graph.const(pre.scaler.scale.astype(np.float32))])
+    if not pre.indicators:
+        return scaled, scaled
+    flags = graph.op("Cast", [missing], to=TensorProto.FLOAT)
+    columns = np.asarray([pre.numeric.index(n) for n in pre.indicators], dtype=np.int64)
+    chosen = graph.op("Gather", [flags, graph.const(columns)], axis=1)
+    return graph.op("Concat", [scaled, chosen], axis=1), x
+
+
+def _add_nn(graph: _Graph, member: NNMember, feed: str, width: int, prefix: str, task: Task) -> str:
+    """The network's logits, then probabilities or target units, in float64 as natively."""
+    model = member.model.eval()
+    example = torch.zeros((2, width), dtype=torch.float32)
+    with warnings.catch_warnings(), io.StringIO() as quiet:
+        warnings.simplefilter("ignore")
+        from contextlib import redirect_stdout
+
+        with redirect_stdout(quiet):
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("rows")},),
+                verbose=False,
+            )
+    assert program is not None
+    (logits,) = graph.add_model(program.model_proto, prefix, feed)
+    out = graph.op("Cast", [logits], to=TensorProto.DOUBLE)
+    if task == "multiclass":
+        return graph.op("Softmax", [out], axis=1)
+    first = graph.op("Squeeze", [out, graph.const(np.asarray([1], dtype=np.int64))])
+    if task == "binary":
+        return _binary(graph, graph.op("Sigmoid", [first]))
+    scaled = graph.op("Mul", [first, graph.const(np.float64(member.y_std))])
+    return graph.op("Add", [scaled, graph.const(np.float64(member.y_mean))])
+
+
+def _add_gbm(graph: _Graph, member: GBMMember, feed: str, width: int, prefix: str, task: Task) -> str:
+    """onnxmltools' conversion of the booster: probabilities, or the regression value."""
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = convert_xgboost(
+            member.booster,
+            initial_types=[("x", FloatTensorType([None, width]))],
+            target_opset=GBM_OPSET,
+        )
+    if any(opset.domain in ("", "ai.onnx") for opset in converted.opset_import):
+        converted = onnx.version_converter.convert_version(converted, OPSET)
+    outputs = graph.add_model(converted, prefix, feed)
+    if task == "regression":
+        value = graph.op("Cast", [outputs[0]], to=TensorProto.DOUBLE)
+        return graph.op("Reshape", [value, graph.const(np.asarray([-1], dtype=np.int64))])
+    proba = next(o for o in outputs if o.endswith("probabilities"))
+    out = graph.op("Cast", [proba], to=TensorProto.DOUBLE)
+    if task == "binary":
+        # 1 - p from XGBoost's own p, as GBMMember does (the converter's p0 may round apart).
+        p = graph.op("Gather", [out, graph.const(np.int64(1))], axis=1)
+        return _binary(graph, p)
+    return out
+
+
+def _binary(graph: _Graph, p: str) -> str:
+    """``[1 - p, p]`` as two columns."""
+    column = graph.const(np.asarray([1], dtype=np.int64))
+    p1 = graph.op("Unsqueeze", [p, column])
+    p0 = graph.op("Sub", [graph.const(np.float64(1.0)), p1])
+    return graph.op("Concat", [p0, p1], axis=1)
