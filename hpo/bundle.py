@@ -241,6 +241,7 @@ def export_bundle(
     *,
     force: bool = False,
     target: str | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Manifest:
     """Write the report's ensemble (its own method) to ``out``; members of weight 0 are left out.
 
@@ -272,6 +273,7 @@ def export_bundle(
                 "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
             }
         )
+    files.update(extra_files or {})  # model.onnx (hpo.onnx_export): checked like the others
     manifest = Manifest.model_validate(
         {
             "format": FORMAT,

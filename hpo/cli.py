@@ -593,6 +593,9 @@ def export(
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle at --out")] = False,
+    fmt: Annotated[
+        str, typer.Option("--format", help="bundle, or onnx: the bundle plus model.onnx")
+    ] = "bundle",
 ) -> None:
     """Write the study's ensemble (the spec's method) as a self-contained bundle."""
     from hpo.bundle import check_out_dir, export_bundle, target_name
@@ -615,8 +618,15 @@ def export(
     )
     store_leaderboard(stored.nn_study, report.leaderboard)
     check_useful(stored.spec.name, report.leaderboard)  # never export a no-skill ensemble
+    from hpo.onnx_export import onnx_files
+
     manifest = export_bundle(
-        report, stored.data, out_dir, force=force, target=target_name(stored.spec.data)
+        report,
+        stored.data,
+        out_dir,
+        force=force,
+        target=target_name(stored.spec.data),
+        extra_files=onnx_files(report, stored.data, fmt),
     )
     row = next(r for r in report.leaderboard["rows"] if r["name"] == f"ensemble ({report.method})")
     err.print(
@@ -643,11 +653,18 @@ def predict(
     proba: Annotated[
         bool, typer.Option("--proba", help="Add one probability column per class")
     ] = False,
+    engine: Annotated[
+        str, typer.Option("--engine", help="auto, native or onnx (auto: onnx without torch)")
+    ] = "auto",
 ) -> None:
     """Predict with an exported bundle alone: no database, no artifact store.
 
     Large inputs are read and predicted in chunks, so memory stays flat as rows grow.
     """
+    from hpo.onnx_runtime import predict_with_engine
+
+    if predict_with_engine(bundle, input_path, output, proba=proba, engine=engine):
+        return
     from hpo.estimator import load_ensemble
     from hpo.predict_files import predict_to_csv
 

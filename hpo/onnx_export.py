@@ -34,6 +34,8 @@ import onnx.version_converter
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from hpo.data import Dataset
+from hpo.ensemble import EnsembleReport
 from hpo.errors import HpoError
 from hpo.members import GBMMember, Member, NNMember
 from hpo.preprocess import Preprocessor
@@ -250,3 +252,25 @@ def _binary(graph: _Graph, p: str) -> str:
     p1 = graph.op("Unsqueeze", [p, column])
     p0 = graph.op("Sub", [graph.const(np.float64(1.0)), p1])
     return graph.op("Concat", [p0, p1], axis=1)
+
+
+def onnx_files(report: EnsembleReport, data: Dataset, fmt: str) -> dict[str, bytes]:
+    """The files ``hpo export --format FMT`` adds to a bundle: ``model.onnx`` for ``onnx``.
+
+    Raises:
+        HpoError: an unknown format, or data the graph cannot take (category columns).
+    """
+    if fmt not in ("bundle", "onnx"):
+        raise HpoError(f"unknown export format {fmt!r} (choose bundle or onnx)")
+    if fmt == "bundle":
+        return {}
+    weights = report.weights[report.method]
+    kept = [(m, float(w)) for m, w in zip(report.members, weights, strict=True) if w > 0]
+    raw = build_onnx(
+        [m for m, _ in kept],
+        [w for _, w in kept],
+        data.preprocessor,
+        task=data.task,
+        classes=data.classes,
+    )
+    return {ONNX_FILE: raw}

@@ -1,0 +1,356 @@
+"""Predict from a bundle's ``model.onnx`` with ONNX Runtime: numpy and onnxruntime only.
+
+This module imports neither torch, xgboost, scikit-learn, optuna nor pandas, so a slim
+install (see the README) can serve a bundle. The manifest and ``model.onnx`` are checked as
+:func:`hpo.bundle.load_bundle` checks every file (regular file, recorded size and sha256),
+and the graph must be the one exported with this bundle: the members and weights in its
+metadata, its input width and its classes must match the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hpo.errors import HpoError, InputError
+from hpo.untrusted import load_json, read_regular_file
+
+Engine = Literal["auto", "native", "onnx"]
+ONNX_FILE = "model.onnx"  # the same name as hpo.onnx_export.ONNX_FILE (no torch import here)
+META_MEMBERS = "hpo.members"
+MANIFEST_MAX_BYTES = 16 * 2**20
+FILE_MAX_BYTES = 4 * 2**30
+BLOCK_VALUES = 2**20  # values per block of rows: memory stays flat, as in hpo.estimator
+
+
+def native_available() -> bool:
+    """Whether the training stack (torch and xgboost) is installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "xgboost"))
+
+
+def use_onnx(engine: Engine) -> bool:
+    """``auto`` picks ONNX Runtime only when torch or xgboost is missing."""
+    return engine == "onnx" or (engine == "auto" and not native_available())
+
+
+def load_ensemble(path: str | Path, engine: Engine = "auto") -> Any:
+    """Load a bundle with the native members or, with ``engine="onnx"``, its ONNX graph.
+
+    Raises:
+        HpoError: the bundle (or its ``model.onnx``) is missing, changed or malformed.
+    """
+    if use_onnx(engine):
+        return OnnxEnsemble(path)
+    from hpo.estimator import load_ensemble as load_native
+
+    return load_native(path)
+
+
+class OnnxEnsemble:
+    """A bundle's graph: ``predict``, ``predict_proba`` (classification), ``classes_``."""
+
+    def __init__(self, path: str | Path) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        manifest = _read_manifest(self.path)
+        raw = _read_onnx(self.path, manifest)
+        file = self.path / ONNX_FILE
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self.session_ = ort.InferenceSession(
+                raw, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own exception types for bad graphs
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise HpoError(f"{file}: not a valid ONNX model ({first})") from None
+        _check_matches(self.session_, manifest, file)
+        self.manifest_ = manifest
+        self.task_: str = manifest["task"]
+        self.classes_ = (
+            np.asarray(manifest["classes"]) if manifest["classes"] is not None else None
+        )
+        self.feature_names_in_ = list(manifest["feature_names"])
+        self.n_features_in_ = len(self.feature_names_in_)
+        pre = manifest["preprocessing"]
+        self.ignored_ = set(pre.get("ignored", []))
+        self.read_options_ = dict(pre.get("read_options", {}))
+        self.block_rows_ = max(1, BLOCK_VALUES // self.n_features_in_)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, ``(n_samples, n_classes)``, in the order of ``classes_``."""
+        if self.classes_ is None:
+            raise InputError("predict_proba needs a classification bundle; this one is regression")
+        return self._run(X, "probabilities")
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Original class labels, or values in the target's units for regression."""
+        if self.classes_ is None:
+            return self._run(X, "prediction")
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def _run(self, X: Any, output: str) -> np.ndarray:
+        x = self._matrix(X)
+        step = self.block_rows_
+        parts = [
+            self.session_.run([output], {"X": x[i : i + step]})[0] for i in range(0, len(x), step)
+        ]
+        return np.concatenate(parts) if parts else np.empty((0,))
+
+    def _matrix(self, X: Any) -> np.ndarray:
+        """Rows as float32 ``[n, features]``; a DataFrame is matched by column name."""
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):
+            names = [str(c) for c in X.columns]
+            missing = [n for n in self.feature_names_in_ if n not in names]
+            if missing:
+                raise InputError(f"the input has no column {', '.join(map(repr, missing))}")
+            X = X.set_axis(names, axis=1)[self.feature_names_in_]
+            try:
+                return X.to_numpy(dtype=np.float32, na_value=np.nan)
+            except (TypeError, ValueError):
+                raise InputError(
+                    "the onnx engine reads numeric columns only (numbers or empty cells)"
+                ) from None
+        try:
+            x = np.asarray(X, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InputError("X must be numeric (numbers only, no text)") from None
+        if x.ndim != 2 or x.shape[1] != self.n_features_in_:
+            raise InputError(
+                f"X must be 2-D with {self.n_features_in_} features, got shape {x.shape}"
+            )
+        return x
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest's fields the graph needs, checked for type (no pydantic, no torch)."""
+    if not path.is_dir():
+        raise HpoError(f"{path}: no such bundle directory")
+    file = path / "manifest.json"
+    if not os.path.lexists(file):
+        raise HpoError(f"{path}: not a bundle (no manifest.json)")
+    raw = load_json(
+        read_regular_file(file, limit=MANIFEST_MAX_BYTES),
+        file,
+        max_depth=32,
+        what="malformed manifest",
+    )
+    if not isinstance(raw, dict) or raw.get("format") != "hpo-ensemble":
+        raise HpoError(f"{file}: malformed manifest (not an hpo-ensemble manifest)")
+    if raw.get("format_version") != 2:
+        raise HpoError(
+            f"{file}: unknown bundle format version {raw.get('format_version')!r} "
+            "(this hpo reads version 2; use the hpo that exported it)"
+        )
+    shapes = {
+        "task": str,
+        "feature_names": list,
+        "members": list,
+        "files": dict,
+        "preprocessing": dict,
+    }
+    for key, kind in shapes.items():
+        if not isinstance(raw.get(key), kind):
+            raise HpoError(f"{file}: malformed manifest: {key}: missing or of the wrong type")
+    if (raw["task"] == "regression") != (raw.get("classes") is None):
+        raise HpoError(f"{file}: malformed manifest: classes do not fit the task")
+    if ONNX_FILE not in raw["files"]:
+        raise HpoError(
+            f"{path}: the bundle has no {ONNX_FILE}; export it with `hpo export NAME --out DIR "
+            "--format onnx`, or predict with the native engine"
+        )
+    return raw
+
+
+def _read_onnx(path: Path, manifest: dict[str, Any]) -> bytes:
+    recorded = manifest["files"][ONNX_FILE]
+    file = path / ONNX_FILE
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("size"), int):
+        raise HpoError(f"{path / 'manifest.json'}: malformed manifest: files.{ONNX_FILE}")
+    raw = read_regular_file(file, limit=FILE_MAX_BYTES, exact_size=recorded["size"])
+    if hashlib.sha256(raw).hexdigest() != recorded.get("sha256"):
+        raise HpoError(
+            f"{file}: checksum mismatch (the file changed after export); "
+            "refusing to load the bundle"
+        )
+    return raw
+
+
+def _check_matches(session: Any, manifest: dict[str, Any], file: Path) -> None:
+    """The graph must be this bundle's: same members and weights, input width and classes."""
+    meta = session.get_modelmeta().custom_metadata_map.get(META_MEMBERS)
+    try:
+        listed = [[m["kind"], int(m["trial"]), round(float(m["weight"]), 12)] for m in manifest["members"]]
+    except (KeyError, TypeError, ValueError):
+        raise HpoError(f"{file.parent / 'manifest.json'}: malformed manifest: members") from None
+    if meta is None or json.loads(meta) != listed:
+        raise HpoError(
+            f"{file}: the graph holds other members than the manifest lists "
+            "(a model.onnx from another export); refusing to load the bundle"
+        )
+    width = session.get_inputs()[0].shape[1]
+    n = len(manifest["feature_names"])
+    if width != n:
+        raise HpoError(f"{file}: the graph reads {width} features, the manifest lists {n}")
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    classes = manifest["classes"]
+    if classes is not None and outputs.get("probabilities", [None, None])[1] != len(classes):
+        raise HpoError(f"{file}: the graph's probabilities do not fit the {len(classes)} classes")
+
+
+# --- files: `hpo predict --engine onnx` ------------------------------------------------
+
+
+def predict_file(
+    model: OnnxEnsemble, input_path: Path, output: Path | None, *, proba: bool = False
+) -> int:
+    """Predict a CSV or ``.npy`` file into a CSV (or stdout), as ``hpo predict`` writes it.
+
+    Returns:
+        The number of rows predicted.
+
+    Raises:
+        HpoError: unreadable input, a missing column, a cell that is not a number, or
+            ``proba`` for a regression bundle.
+    """
+    classes = model.classes_
+    if proba and classes is None:
+        raise HpoError("--proba needs a classification bundle; this one is regression")
+    header = ["label" if classes is not None else "prediction"]
+    header += [f"proba_{c}" for c in manifest_classes(model)] if proba else []
+    out_dir = (output.parent if output else Path(tempfile.gettempdir())).resolve()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".predict.", suffix=".tmp")
+    except OSError as e:
+        raise HpoError(f"cannot write {output or 'the output'}: {e.strerror}") from None
+    tmp = Path(tmp_name)
+    done = 0
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(header)
+            for chunk in _iter_rows(model, input_path):
+                if classes is not None:
+                    p = model.predict_proba(chunk)
+                    labels = classes[p.argmax(axis=1)].tolist()
+                    for i, label in enumerate(labels):
+                        row = [repr(label) if isinstance(label, float) else str(label)]
+                        writer.writerow(row + ([repr(float(v)) for v in p[i]] if proba else []))
+                else:
+                    writer.writerows([repr(float(v))] for v in model.predict(chunk))
+                done += len(chunk)
+        if output is None:
+            sys.stdout.write(tmp.read_text())
+        else:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, output)
+    except OSError as e:
+        raise HpoError(f"cannot write {output or 'the output'}: {e.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return done
+
+
+def manifest_classes(model: OnnxEnsemble) -> list[Any]:
+    return list(model.manifest_["classes"] or [])
+
+
+def _iter_rows(model: OnnxEnsemble, path: Path) -> Iterator[np.ndarray]:
+    """Float32 blocks of rows in training column order, from a CSV or ``.npy`` file."""
+    if not path.is_file():
+        raise HpoError(f"{path}: no such input file")
+    step = model.block_rows_
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            x = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise HpoError(f"{path}: cannot read as .npy ({e})") from None
+        if x.ndim < 2:
+            raise HpoError(f"{path}: expected one row per sample, got an array of shape {x.shape}")
+        x = x.reshape(len(x), -1)
+        for start in range(0, len(x), step):
+            yield np.asarray(x[start : start + step], dtype=np.float32)
+        return
+    if suffix not in (".csv", ".txt", ".tsv"):
+        raise HpoError(f"{path}: the onnx engine reads .csv and .npy inputs only")
+    yield from _iter_csv(model, path, step)
+
+
+def _iter_csv(model: OnnxEnsemble, path: Path, step: int) -> Iterator[np.ndarray]:
+    opts = model.read_options_
+    sep, thousands, decimal = opts.get("sep"), opts.get("thousands"), opts.get("decimal", ".")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            if sep is None:
+                sample = f.readline()
+                sep = max(",;\t|", key=sample.count)
+                f.seek(0)
+            reader = csv.reader(f, delimiter=sep)
+            header = [h.strip() for h in next(reader, [])]
+            missing = [n for n in model.feature_names_in_ if n not in header]
+            if missing:
+                raise InputError(f"the input has no column {', '.join(map(repr, missing))}")
+            extra = [h for h in header if h and h not in model.feature_names_in_]
+            extra = [h for h in extra if h not in model.ignored_]
+            if extra:
+                print(f"Warning: ignoring column(s) not used in training: {', '.join(extra)}",
+                      file=sys.stderr)
+            index = [header.index(n) for n in model.feature_names_in_]
+            block: list[list[float]] = []
+            for line, cells in enumerate(reader, start=2):
+                if not cells:
+                    continue
+                block.append([_number(cells, i, thousands, decimal, header, line) for i in index])
+                if len(block) == step:
+                    yield np.asarray(block, dtype=np.float32)
+                    block = []
+            if block:
+                yield np.asarray(block, dtype=np.float32)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise HpoError(f"{path}: cannot read as CSV ({e})") from None
+
+
+def _number(
+    cells: list[str], i: int, thousands: str | None, decimal: str, header: list[str], line: int
+) -> float:
+    """One cell as a float: empty or NA is missing (NaN, imputed by the graph)."""
+    cell = cells[i].strip() if i < len(cells) else ""
+    if cell in ("", "NA", "N/A", "NaN", "nan", "null", "None"):
+        return float("nan")
+    if thousands:
+        cell = cell.replace(thousands, "")
+    if decimal != ".":
+        cell = cell.replace(decimal, ".")
+    try:
+        return float(cell)
+    except ValueError:
+        raise InputError(f"column {header[i]!r}: {cells[i]!r} (line {line}) is not a number") from None
+
+
+def predict_with_engine(
+    bundle: Path, input_path: Path, output: Path | None, *, proba: bool, engine: str
+) -> bool:
+    """``hpo predict`` on ONNX Runtime when ``engine`` asks for it; False: use the native one.
+
+    Raises:
+        HpoError: an unknown engine, or what :func:`predict_file` raises.
+    """
+    if engine not in ("auto", "native", "onnx"):
+        raise HpoError(f"unknown engine {engine!r} (choose auto, native or onnx)")
+    if not use_onnx(engine):  # type: ignore[arg-type]
+        return False
+    predict_file(OnnxEnsemble(bundle), input_path, output, proba=proba)
+    return True
