@@ -618,15 +618,18 @@ def export(
     )
     store_leaderboard(stored.nn_study, report.leaderboard)
     check_useful(stored.spec.name, report.leaderboard)  # never export a no-skill ensemble
-    from hpo.onnx_export import onnx_files
+    extra = {}
+    if fmt != "bundle":
+        from hpo.onnx_export import onnx_files  # needs the onnx extra
 
+        extra = onnx_files(report, stored.data, fmt)
     manifest = export_bundle(
         report,
         stored.data,
         out_dir,
         force=force,
         target=target_name(stored.spec.data),
-        extra_files=onnx_files(report, stored.data, fmt),
+        extra_files=extra,
     )
     row = next(r for r in report.leaderboard["rows"] if r["name"] == f"ensemble ({report.method})")
     err.print(

@@ -25,18 +25,29 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from collections.abc import Sequence
+from contextlib import redirect_stdout
+from typing import Any
 
 import numpy as np
-import onnx
-import onnx.version_converter
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 from hpo.data import Dataset
 from hpo.ensemble import EnsembleReport
 from hpo.errors import HpoError
+
+try:
+    import onnx
+    import onnx.version_converter
+    import onnxmltools  # noqa: F401  (XGBoost members)
+    import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter)
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError as e:
+    raise HpoError(
+        f"--format onnx needs {e.name}: pip install 'hpo[onnx]' (onnx, onnxscript, onnxmltools)"
+    ) from None
 from hpo.members import GBMMember, Member, NNMember
 from hpo.preprocess import Preprocessor
 from hpo.spec import Task
@@ -86,7 +97,9 @@ def build_onnx(
     total = outputs[0] if len(outputs) == 1 else graph.op("Sum", outputs)
     if task == "regression":
         graph.node("Identity", [total], ["prediction"])
-        graph.outputs.append(helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, [None]))
+        graph.outputs.append(
+            helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, [None])
+        )
     else:
         assert classes is not None
         graph.node("Identity", [total], ["probabilities"])
@@ -100,7 +113,9 @@ def build_onnx(
             ),
         ]
     model = graph.model(pre)
-    fingerprint = members_fingerprint([(m.kind, m.trial, w) for m, w in zip(members, weights, strict=True)])
+    fingerprint = members_fingerprint(
+        [(m.kind, m.trial, w) for m, w in zip(members, weights, strict=True)]
+    )
     helper.set_model_props(model, {META_MEMBERS: fingerprint})
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
@@ -135,10 +150,10 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def node(self, op: str, inputs: list[str], outputs: list[str], **attrs: object) -> None:
+    def node(self, op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> None:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=self.name(op), **attrs))
 
-    def op(self, op: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, op: str, inputs: list[str], **attrs: Any) -> str:
         out = self.name(op.lower())
         self.node(op, inputs, [out], **attrs)
         return out
@@ -146,7 +161,11 @@ class _Graph:
     def add_model(self, model: onnx.ModelProto, prefix: str, feed: str) -> list[str]:
         """Copy a converted model in (names prefixed), its one input fed by ``feed``."""
         model = onnx.compose.add_prefix(model, prefix)
-        (inp,) = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        (inp,) = [
+            i.name
+            for i in model.graph.input
+            if i.name not in {t.name for t in model.graph.initializer}
+        ]
         self.node("Identity", [feed], [inp])
         self.nodes += model.graph.node
         self.initializers += model.graph.initializer
@@ -159,7 +178,11 @@ class _Graph:
         graph = helper.make_graph(
             self.nodes,
             "hpo_ensemble",
-            [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, len(pre.feature_names)])],
+            [
+                helper.make_tensor_value_info(
+                    INPUT, TensorProto.FLOAT, [None, len(pre.feature_names)]
+                )
+            ],
             self.outputs,
             initializer=self.initializers,
         )
@@ -192,10 +215,10 @@ def _add_nn(graph: _Graph, member: NNMember, feed: str, width: int, prefix: str,
     """The network's logits, then probabilities or target units, in float64 as natively."""
     model = member.model.eval()
     example = torch.zeros((2, width), dtype=torch.float32)
+    # The exporter reports its steps on stdout and a missing torchvision in its log.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), io.StringIO() as quiet:
         warnings.simplefilter("ignore")
-        from contextlib import redirect_stdout
-
         with redirect_stdout(quiet):
             program = torch.onnx.export(
                 model,
@@ -219,7 +242,9 @@ def _add_nn(graph: _Graph, member: NNMember, feed: str, width: int, prefix: str,
     return graph.op("Add", [scaled, graph.const(np.float64(member.y_mean))])
 
 
-def _add_gbm(graph: _Graph, member: GBMMember, feed: str, width: int, prefix: str, task: Task) -> str:
+def _add_gbm(
+    graph: _Graph, member: GBMMember, feed: str, width: int, prefix: str, task: Task
+) -> str:
     """onnxmltools' conversion of the booster: probabilities, or the regression value."""
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType

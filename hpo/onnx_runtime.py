@@ -69,18 +69,14 @@ class OnnxEnsemble:
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            self.session_ = ort.InferenceSession(
-                raw, options, providers=["CPUExecutionProvider"]
-            )
+            self.session_ = ort.InferenceSession(raw, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad graphs
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise HpoError(f"{file}: not a valid ONNX model ({first})") from None
         _check_matches(self.session_, manifest, file)
         self.manifest_ = manifest
         self.task_: str = manifest["task"]
-        self.classes_ = (
-            np.asarray(manifest["classes"]) if manifest["classes"] is not None else None
-        )
+        self.classes_ = np.asarray(manifest["classes"]) if manifest["classes"] is not None else None
         self.feature_names_in_ = list(manifest["feature_names"])
         self.n_features_in_ = len(self.feature_names_in_)
         pre = manifest["preprocessing"]
@@ -191,7 +187,9 @@ def _check_matches(session: Any, manifest: dict[str, Any], file: Path) -> None:
     """The graph must be this bundle's: same members and weights, input width and classes."""
     meta = session.get_modelmeta().custom_metadata_map.get(META_MEMBERS)
     try:
-        listed = [[m["kind"], int(m["trial"]), round(float(m["weight"]), 12)] for m in manifest["members"]]
+        listed = [
+            [m["kind"], int(m["trial"]), round(float(m["weight"]), 12)] for m in manifest["members"]
+        ]
     except (KeyError, TypeError, ValueError):
         raise HpoError(f"{file.parent / 'manifest.json'}: malformed manifest: members") from None
     if meta is None or json.loads(meta) != listed:
@@ -306,8 +304,10 @@ def _iter_csv(model: OnnxEnsemble, path: Path, step: int) -> Iterator[np.ndarray
             extra = [h for h in header if h and h not in model.feature_names_in_]
             extra = [h for h in extra if h not in model.ignored_]
             if extra:
-                print(f"Warning: ignoring column(s) not used in training: {', '.join(extra)}",
-                      file=sys.stderr)
+                print(
+                    f"Warning: ignoring column(s) not used in training: {', '.join(extra)}",
+                    file=sys.stderr,
+                )
             index = [header.index(n) for n in model.feature_names_in_]
             block: list[list[float]] = []
             for line, cells in enumerate(reader, start=2):
@@ -337,7 +337,9 @@ def _number(
     try:
         return float(cell)
     except ValueError:
-        raise InputError(f"column {header[i]!r}: {cells[i]!r} (line {line}) is not a number") from None
+        raise InputError(
+            f"column {header[i]!r}: {cells[i]!r} (line {line}) is not a number"
+        ) from None
 
 
 def predict_with_engine(

@@ -192,7 +192,14 @@ def test_slim_venv_predicts_without_torch(bundles: Callable, tmp_path: Path) -> 
     x.iloc[:25].to_csv(tmp_path / "x.csv", index=False)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    pip = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     for args in (SLIM_SET, ["--no-deps", str(REPO)]):
         done = subprocess.run([*pip, *args], env=env, capture_output=True, text=True, timeout=600)
