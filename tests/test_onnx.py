@@ -219,3 +219,43 @@ def test_slim_venv_predicts_without_torch(bundles: Callable, tmp_path: Path) -> 
     labels = [int(v) for v in done.stdout.split()[1:]]
     want = hpo.load_ensemble(bundle, engine="native").predict(x.iloc[:25])
     assert labels == want.tolist()
+
+
+def test_onnx_export_refuses_category_columns_and_unknown_formats(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"x": rng.normal(size=120), "color": rng.choice(["red", "blue"], 120)})
+    df["label"] = (df["x"] > 0).astype(int)
+    df.to_csv(tmp_path / "cat.csv", index=False)
+    spec = copy.deepcopy(TINY_SPEC) | {
+        "name": "cat",
+        "task": "binary",
+        "data": {"source": "csv", "path": "cat.csv", "target": "label"},
+    }
+    for key, value in FAST.items():
+        spec[key] = spec[key] | value
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump(spec))
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", "cat.yaml", "-q"]).exit_code == 0
+    for fmt, expected in [("onnx", "category columns"), ("pmml", "unknown export format")]:
+        result = runner.invoke(app, ["export", "cat", "--out", "b", "--format", fmt])
+        assert result.exit_code == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], lines
+        assert not (tmp_path / "b").exists()  # nothing half-written
+
+
+def test_onnx_engine_on_a_bundle_without_model_onnx(bundles: Callable, tmp_path: Path) -> None:
+    source, x = bundles("digits")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(source, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["files"]["model.onnx"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "model.onnx").unlink()
+    x.iloc[:3].to_csv(tmp_path / "x.csv", index=False)
+    runner = CliRunner()
+    args = ["predict", str(bundle), "--input", str(tmp_path / "x.csv")]
+    result = runner.invoke(app, [*args, "--engine", "onnx"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and "--format onnx" in result.stderr
+    assert runner.invoke(app, [*args, "--engine", "native"]).exit_code == 0
