@@ -23,6 +23,7 @@ Checked with torch 2.13, onnx 1.23, onnxscript 0.7, onnxmltools 1.16, onnxruntim
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -32,6 +33,7 @@ from contextlib import redirect_stdout
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from hpo.data import Dataset
@@ -56,12 +58,23 @@ ONNX_FILE = "model.onnx"
 OPSET = 18  # the dynamo exporter's default
 GBM_OPSET = 15  # the highest onnxmltools 1.16 converts to; upgraded to OPSET after
 INPUT = "X"
-META_MEMBERS = "hpo.members"  # JSON [[kind, trial, weight], ...]: binds the graph to its bundle
+# JSON [[kind, trial, weight, sha256 of the member's bundle file], ...]: binds the graph to
+# the very weights its bundle holds (a graph from another export is refused at load).
+META_MEMBERS = "hpo.members"
 
 
-def members_fingerprint(kinds_trials_weights: Sequence[tuple[str, int, float]]) -> str:
+def members_fingerprint(members: Sequence[Member], weights: Sequence[float]) -> str:
     """The members a graph holds, as the manifest lists them (weights rounded: JSON floats)."""
-    return json.dumps([[k, int(t), round(float(w), 12)] for k, t, w in kinds_trials_weights])
+    rows = []
+    for member, weight in zip(members, weights, strict=True):
+        # The bytes hpo.bundle writes for the member (safetensors, or XGBoost's UBJSON).
+        if isinstance(member, NNMember):
+            raw = safetensors.torch.save(member.state_dict())
+        else:
+            raw = member.to_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        rows.append([member.kind, int(member.trial), round(float(weight), 12), digest])
+    return json.dumps(rows)
 
 
 def build_onnx(
@@ -113,10 +126,7 @@ def build_onnx(
             ),
         ]
     model = graph.model(pre)
-    fingerprint = members_fingerprint(
-        [(m.kind, m.trial, w) for m, w in zip(members, weights, strict=True)]
-    )
-    helper.set_model_props(model, {META_MEMBERS: fingerprint})
+    helper.set_model_props(model, {META_MEMBERS: members_fingerprint(members, weights)})
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
 

@@ -184,15 +184,19 @@ def _read_onnx(path: Path, manifest: dict[str, Any]) -> bytes:
 
 
 def _check_matches(session: Any, manifest: dict[str, Any], file: Path) -> None:
-    """The graph must be this bundle's: same members and weights, input width and classes."""
+    """The graph must be this bundle's: the same members (their files' sha256) and weights,
+    input width and classes."""
     meta = session.get_modelmeta().custom_metadata_map.get(META_MEMBERS)
+    files = manifest["files"]
     try:
         listed = [
-            [m["kind"], int(m["trial"]), round(float(m["weight"]), 12)] for m in manifest["members"]
+            [m["kind"], int(m["trial"]), round(float(m["weight"]), 12), files[m["file"]]["sha256"]]
+            for m in manifest["members"]
         ]
+        held = json.loads(meta) if meta is not None else None
     except (KeyError, TypeError, ValueError):
-        raise HpoError(f"{file.parent / 'manifest.json'}: malformed manifest: members") from None
-    if meta is None or json.loads(meta) != listed:
+        raise HpoError(f"{file}: the graph or the manifest does not list its members") from None
+    if held != listed:
         raise HpoError(
             f"{file}: the graph holds other members than the manifest lists "
             "(a model.onnx from another export); refusing to load the bundle"
@@ -249,6 +253,8 @@ def predict_file(
                 else:
                     writer.writerows([repr(float(v))] for v in model.predict(chunk))
                 done += len(chunk)
+        if done == 0:
+            raise HpoError(f"{input_path}: no data rows")
         if output is None:
             sys.stdout.write(tmp.read_text())
         else:
