@@ -51,13 +51,14 @@ except ImportError as e:
         f"--format onnx needs {e.name}: pip install 'hpo[onnx]' (onnx, onnxscript, onnxmltools)"
     ) from None
 from hpo.members import GBMMember, Member, NNMember
-from hpo.preprocess import Preprocessor
+from hpo.preprocess import MISSING_CODE, UNSEEN_CODE, CategoryColumn, Preprocessor
 from hpo.spec import Task
 
 ONNX_FILE = "model.onnx"
 OPSET = 18  # the dynamo exporter's default
 GBM_OPSET = 15  # the highest onnxmltools 1.16 converts to; upgraded to OPSET after
-INPUT = "X"
+INPUT = "X"  # the numeric columns, in the order of the preprocessing's ``numeric``
+MISSING, UNSEEN = -1, -2  # level indices of a missing and an unseen category value
 # JSON [[kind, trial, weight, sha256 of the member's bundle file], ...]: binds the graph to
 # the very weights its bundle holds (a graph from another export is refused at load).
 META_MEMBERS = "hpo.members"
@@ -90,11 +91,6 @@ def build_onnx(
     Raises:
         HpoError: the data has category columns (not supported in ONNX yet).
     """
-    if pre.categorical:
-        raise HpoError(
-            "--format onnx does not support tables with category columns yet "
-            f"({', '.join(c.name for c in pre.categorical)}); export without --format onnx"
-        )
     graph = _Graph()
     nn_view, gbm_view = _preprocessing(graph, pre)
     outputs = []
@@ -104,7 +100,8 @@ def build_onnx(
             width = len(pre.nn_feature_names)
             out = _add_nn(graph, member, nn_view, width, prefix, task)
         else:
-            width = len(pre.numeric) if pre.gbm_own_view else len(pre.nn_feature_names)
+            own = len(pre.numeric) + len(pre.categorical)
+            width = own if pre.gbm_own_view else len(pre.nn_feature_names)
             out = _add_gbm(graph, member, gbm_view, width, prefix, task)
         outputs.append(graph.op("Mul", [out, graph.const(np.float64(weights[i]))]))
     total = outputs[0] if len(outputs) == 1 else graph.op("Sum", outputs)
@@ -160,12 +157,16 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def node(self, op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> None:
-        self.nodes.append(helper.make_node(op, inputs, outputs, name=self.name(op), **attrs))
+    def node(
+        self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: Any
+    ) -> None:
+        self.nodes.append(
+            helper.make_node(op, inputs, outputs, name=self.name(op), domain=domain, **attrs)
+        )
 
-    def op(self, op: str, inputs: list[str], **attrs: Any) -> str:
+    def op(self, op: str, inputs: list[str], domain: str = "", **attrs: Any) -> str:
         out = self.name(op.lower())
-        self.node(op, inputs, [out], **attrs)
+        self.node(op, inputs, [out], domain=domain, **attrs)
         return out
 
     def add_model(self, model: onnx.ModelProto, prefix: str, feed: str) -> list[str]:
@@ -188,10 +189,10 @@ class _Graph:
         graph = helper.make_graph(
             self.nodes,
             "hpo_ensemble",
-            [
-                helper.make_tensor_value_info(
-                    INPUT, TensorProto.FLOAT, [None, len(pre.feature_names)]
-                )
+            [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, len(pre.numeric)])]
+            + [
+                helper.make_tensor_value_info(category_input(i), TensorProto.STRING, [None])
+                for i in range(len(pre.categorical))
             ],
             self.outputs,
             initializer=self.initializers,
@@ -204,8 +205,13 @@ class _Graph:
         return model
 
 
+def category_input(i: int) -> str:
+    """The graph input of the ``i``-th category column: its values as text, "" if missing."""
+    return f"category_{i}"
+
+
 def _preprocessing(graph: _Graph, pre: Preprocessor) -> tuple[str, str]:
-    """The MLP's view and XGBoost's view of ``X`` (see :meth:`Preprocessor.transform`)."""
+    """The MLP's view and XGBoost's view of the inputs (see :meth:`Preprocessor.transform`)."""
     nan = graph.const(np.float32(np.nan))
     # Infinity is a missing value, as in a table read by the native engine.
     x = graph.op("Where", [graph.op("IsInf", [INPUT]), nan, INPUT])
@@ -213,12 +219,59 @@ def _preprocessing(graph: _Graph, pre: Preprocessor) -> tuple[str, str]:
     imputed = graph.op("Where", [missing, graph.const(pre.medians.astype(np.float32)), x])
     shifted = graph.op("Sub", [imputed, graph.const(pre.scaler.offset.astype(np.float32))])
     scaled = graph.op("Div", [shifted, graph.const(pre.scaler.scale.astype(np.float32))])
-    if not pre.indicators:
+    if not pre.gbm_own_view:
         return scaled, scaled
-    flags = graph.op("Cast", [missing], to=TensorProto.FLOAT)
-    columns = np.asarray([pre.numeric.index(n) for n in pre.indicators], dtype=np.int64)
-    chosen = graph.op("Gather", [flags, graph.const(columns)], axis=1)
-    return graph.op("Concat", [scaled, chosen], axis=1), x
+    nn_parts, gbm_parts = [scaled], [x]
+    if pre.indicators:
+        flags = graph.op("Cast", [missing], to=TensorProto.FLOAT)
+        columns = np.asarray([pre.numeric.index(n) for n in pre.indicators], dtype=np.int64)
+        nn_parts.append(graph.op("Gather", [flags, graph.const(columns)], axis=1))
+    codes = [_level_index(graph, i, c) for i, c in enumerate(pre.categorical)]
+    for c, k in zip(pre.categorical, codes, strict=True):
+        if not c.embed:  # one column per level, then one for missing; unseen: all zeros
+            targets = np.append(np.arange(len(c.levels)), MISSING).astype(np.int64)
+            hot = graph.op("Equal", [k, graph.const(targets)])
+            nn_parts.append(graph.op("Cast", [hot], to=TensorProto.FLOAT))
+    for c, k in zip(pre.categorical, codes, strict=True):
+        if c.embed:  # 0 missing, 1 unseen, 2.. the levels
+            shifted_code = graph.op("Add", [k, graph.const(np.int64(2))])
+            code = graph.op(
+                "Where",
+                [
+                    graph.op("Equal", [k, graph.const(np.int64(MISSING))]),
+                    graph.const(np.int64(MISSING_CODE)),
+                    graph.op(
+                        "Where",
+                        [
+                            graph.op("Equal", [k, graph.const(np.int64(UNSEEN))]),
+                            graph.const(np.int64(UNSEEN_CODE)),
+                            shifted_code,
+                        ],
+                    ),
+                ],
+            )
+            nn_parts.append(graph.op("Cast", [code], to=TensorProto.FLOAT))
+    for k in codes:  # XGBoost's native categories: the level index, NaN if missing or unseen
+        known = graph.op("GreaterOrEqual", [k, graph.const(np.int64(0))])
+        as_float = graph.op("Cast", [k], to=TensorProto.FLOAT)
+        gbm_parts.append(graph.op("Where", [known, as_float, nan]))
+    nn = graph.op("Concat", nn_parts, axis=1) if len(nn_parts) > 1 else nn_parts[0]
+    gbm = graph.op("Concat", gbm_parts, axis=1) if len(gbm_parts) > 1 else gbm_parts[0]
+    return nn, gbm
+
+
+def _level_index(graph: _Graph, i: int, column: CategoryColumn) -> str:
+    """``[rows, 1]`` int64: the level's index, -1 for missing (""), -2 for an unseen level."""
+    index = graph.op(
+        "LabelEncoder",
+        [category_input(i)],
+        domain="ai.onnx.ml",
+        keys_strings=[*column.levels, ""],
+        values_int64s=[*range(len(column.levels)), MISSING],
+        default_int64=UNSEEN,
+    )
+    graph.opsets["ai.onnx.ml"] = max(graph.opsets.get("ai.onnx.ml", 0), 2)
+    return graph.op("Unsqueeze", [index, graph.const(np.asarray([1], dtype=np.int64))])
 
 
 def _add_nn(graph: _Graph, member: NNMember, feed: str, width: int, prefix: str, task: Task) -> str:

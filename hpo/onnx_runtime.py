@@ -30,7 +30,16 @@ ONNX_FILE = "model.onnx"  # the same name as hpo.onnx_export.ONNX_FILE (no torch
 META_MEMBERS = "hpo.members"
 MANIFEST_MAX_BYTES = 16 * 2**20
 FILE_MAX_BYTES = 4 * 2**30
-BLOCK_VALUES = 2**20  # values per block of rows: memory stays flat, as in hpo.estimator
+BLOCK_VALUES = 2**20
+NA_CELLS = {
+    "",
+    "NA",
+    "N/A",
+    "NaN",
+    "nan",
+    "null",
+    "None",
+}  # values per block of rows: memory stays flat, as in hpo.estimator
 
 
 def native_available() -> bool:
@@ -83,6 +92,8 @@ class OnnxEnsemble:
         self.ignored_ = set(pre.get("ignored", []))
         self.read_options_ = dict(pre.get("read_options", {}))
         self.block_rows_ = max(1, BLOCK_VALUES // self.n_features_in_)
+        self.numeric_ = [str(n) for n in pre["numeric"]]
+        self.categories_ = [str(c["name"]) for c in pre["categorical"]]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, ``(n_samples, n_classes)``, in the order of ``classes_``."""
@@ -97,27 +108,33 @@ class OnnxEnsemble:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def _run(self, X: Any, output: str) -> np.ndarray:
-        x = self._matrix(X)
+        feeds = X if isinstance(X, dict) else self._feeds(X)
+        rows = len(feeds["X"])
         step = self.block_rows_
         parts = [
-            self.session_.run([output], {"X": x[i : i + step]})[0] for i in range(0, len(x), step)
+            self.session_.run([output], {k: v[i : i + step] for k, v in feeds.items()})[0]
+            for i in range(0, rows, step)
         ]
         return np.concatenate(parts) if parts else np.empty((0,))
 
-    def _matrix(self, X: Any) -> np.ndarray:
-        """Rows as float32 ``[n, features]``; a DataFrame is matched by column name."""
+    def _feeds(self, X: Any) -> dict[str, np.ndarray]:
+        """The graph's inputs: ``X`` float32 (the numeric columns) and, for each category
+        column, its values as text; a DataFrame is matched by column name."""
         if hasattr(X, "columns") and hasattr(X, "to_numpy"):
             names = [str(c) for c in X.columns]
             missing = [n for n in self.feature_names_in_ if n not in names]
             if missing:
                 raise InputError(f"the input has no column {', '.join(map(repr, missing))}")
-            X = X.set_axis(names, axis=1)[self.feature_names_in_]
-            try:
-                return X.to_numpy(dtype=np.float32, na_value=np.nan)
-            except (TypeError, ValueError):
-                raise InputError(
-                    "the onnx engine reads numeric columns only (numbers or empty cells)"
-                ) from None
+            X = X.set_axis(names, axis=1)
+            columns = {
+                n: X[n].to_numpy(dtype=object, na_value=None) for n in self.feature_names_in_
+            }
+            return self.feeds_from_columns(columns, len(X))
+        if self.categories_:
+            raise InputError(
+                "this ensemble was trained on a table with category columns: pass a pandas "
+                f"DataFrame with the columns {', '.join(self.feature_names_in_)}"
+            )
         try:
             x = np.asarray(X, dtype=np.float32)
         except (TypeError, ValueError):
@@ -126,7 +143,62 @@ class OnnxEnsemble:
             raise InputError(
                 f"X must be 2-D with {self.n_features_in_} features, got shape {x.shape}"
             )
-        return x
+        return {"X": x}
+
+    def feeds_from_columns(self, columns: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
+        """Feeds from raw column values (numbers, text, None or NaN for missing)."""
+        numbers = [_numbers(name, columns[name]) for name in self.numeric_]
+        x = np.column_stack(numbers) if numbers else np.empty((rows, 0), np.float32)
+        feeds = {"X": x.astype(np.float32)}
+        for i, name in enumerate(self.categories_):
+            feeds[f"category_{i}"] = np.asarray([as_text(v) for v in columns[name]], dtype=object)
+        return feeds
+
+
+def as_text(value: Any) -> str:
+    """A category value as :func:`hpo.preprocess.as_text` writes it; "" for missing."""
+    if value is None or (isinstance(value, float | np.floating) and value != value):
+        return ""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _csv_category(cells: list[str]) -> list[Any]:
+    """CSV cells of a category column as pandas reads them (per block, as its chunks do):
+    numbers if all are numbers, booleans if all are true/false, else text; None missing."""
+    values: list[Any] = [None if c.strip() in NA_CELLS else c for c in cells]
+    present = [v for v in values if v is not None]
+    if present and all(v.strip().lower() in ("true", "false") for v in present):
+        return [None if v is None else v.strip().lower() == "true" for v in values]
+    try:
+        return [None if v is None else float(v) for v in values]
+    except ValueError:
+        return values
+
+
+def _numbers(name: str, values: Any) -> np.ndarray:
+    """A numeric column as float32; text that is not a number is an error."""
+    try:
+        return np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        pass
+    out = np.empty(len(values), np.float32)
+    for i, v in enumerate(values):
+        if (
+            v is None
+            or (isinstance(v, float) and v != v)
+            or (isinstance(v, str) and v.strip() in NA_CELLS)
+        ):
+            out[i] = np.nan
+            continue
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            raise InputError(f"column {name!r}: {v!r} is not a number") from None
+    return out
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -202,9 +274,12 @@ def _check_matches(session: Any, manifest: dict[str, Any], file: Path) -> None:
             "(a model.onnx from another export); refusing to load the bundle"
         )
     width = session.get_inputs()[0].shape[1]
-    n = len(manifest["feature_names"])
-    if width != n:
-        raise HpoError(f"{file}: the graph reads {width} features, the manifest lists {n}")
+    n = len(manifest["preprocessing"].get("numeric", []))
+    if width != n or len(session.get_inputs()) != 1 + len(manifest["preprocessing"]["categorical"]):
+        raise HpoError(
+            f"{file}: the graph reads {width} numeric columns and "
+            f"{len(session.get_inputs()) - 1} category columns, not the manifest's"
+        )
     outputs = {o.name: o.shape for o in session.get_outputs()}
     classes = manifest["classes"]
     if classes is not None and outputs.get("probabilities", [None, None])[1] != len(classes):
@@ -252,7 +327,7 @@ def predict_file(
                         writer.writerow(row + ([repr(float(v)) for v in p[i]] if proba else []))
                 else:
                     writer.writerows([repr(float(v))] for v in model.predict(chunk))
-                done += len(chunk)
+                done += len(chunk["X"]) if isinstance(chunk, dict) else len(chunk)
         if done == 0:
             raise HpoError(f"{input_path}: no data rows")
         if output is None:
@@ -271,7 +346,7 @@ def manifest_classes(model: OnnxEnsemble) -> list[Any]:
     return list(model.manifest_["classes"] or [])
 
 
-def _iter_rows(model: OnnxEnsemble, path: Path) -> Iterator[np.ndarray]:
+def _iter_rows(model: OnnxEnsemble, path: Path) -> Iterator[Any]:
     """Float32 blocks of rows in training column order, from a CSV or ``.npy`` file."""
     if not path.is_file():
         raise HpoError(f"{path}: no such input file")
@@ -293,7 +368,7 @@ def _iter_rows(model: OnnxEnsemble, path: Path) -> Iterator[np.ndarray]:
     yield from _iter_csv(model, path, step)
 
 
-def _iter_csv(model: OnnxEnsemble, path: Path, step: int) -> Iterator[np.ndarray]:
+def _iter_csv(model: OnnxEnsemble, path: Path, step: int) -> Iterator[Any]:
     opts = model.read_options_
     sep, thousands, decimal = opts.get("sep"), opts.get("thousands"), opts.get("decimal", ".")
     try:
@@ -315,37 +390,36 @@ def _iter_csv(model: OnnxEnsemble, path: Path, step: int) -> Iterator[np.ndarray
                     file=sys.stderr,
                 )
             index = [header.index(n) for n in model.feature_names_in_]
-            block: list[list[float]] = []
-            for line, cells in enumerate(reader, start=2):
-                if not cells:
-                    continue
-                block.append([_number(cells, i, thousands, decimal, header, line) for i in index])
+            block: list[list[str]] = []
+            for cells in reader:
+                if cells:
+                    block.append([cells[i] if i < len(cells) else "" for i in index])
                 if len(block) == step:
-                    yield np.asarray(block, dtype=np.float32)
+                    yield _block_feeds(model, block, thousands, decimal)
                     block = []
             if block:
-                yield np.asarray(block, dtype=np.float32)
+                yield _block_feeds(model, block, thousands, decimal)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise HpoError(f"{path}: cannot read as CSV ({e})") from None
 
 
-def _number(
-    cells: list[str], i: int, thousands: str | None, decimal: str, header: list[str], line: int
-) -> float:
-    """One cell as a float: empty or NA is missing (NaN, imputed by the graph)."""
-    cell = cells[i].strip() if i < len(cells) else ""
-    if cell in ("", "NA", "N/A", "NaN", "nan", "null", "None"):
-        return float("nan")
-    if thousands:
-        cell = cell.replace(thousands, "")
-    if decimal != ".":
-        cell = cell.replace(decimal, ".")
-    try:
-        return float(cell)
-    except ValueError:
-        raise InputError(
-            f"column {header[i]!r}: {cells[i]!r} (line {line}) is not a number"
-        ) from None
+def _block_feeds(
+    model: OnnxEnsemble, block: list[list[str]], thousands: str | None, decimal: str
+) -> dict[str, np.ndarray]:
+    """CSV cells (in training column order) as the graph's feeds."""
+    numeric = set(model.numeric_)
+    columns: dict[str, Any] = {}
+    for j, name in enumerate(model.feature_names_in_):
+        cells = [row[j] for row in block]
+        if name in numeric:
+            if thousands:
+                cells = [c.replace(thousands, "") for c in cells]
+            if decimal != ".":
+                cells = [c.replace(decimal, ".") for c in cells]
+            columns[name] = [c.strip() or "nan" for c in cells]
+        else:
+            columns[name] = _csv_category(cells)
+    return model.feeds_from_columns(columns, len(block))
 
 
 def predict_with_engine(

@@ -49,11 +49,35 @@ def _table(path: Path) -> pd.DataFrame:
     return df.drop(columns="label")
 
 
+def _mixed(path: Path) -> pd.DataFrame:
+    """Numbers with gaps, a one-hot text column and an embedded one (30 levels), with gaps."""
+    rng = np.random.default_rng(2)
+    n = 400
+    df = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "color": rng.choice(["red", "green", "blue"], n),
+            "city": rng.choice([f"c{i}" for i in range(30)], n),
+            "b": rng.normal(size=n),
+        }
+    )
+    good = df["city"].isin([f"c{i}" for i in range(0, 30, 2)])
+    df["label"] = ((df["a"] > 0) ^ good ^ (df["color"] == "red")).astype(int)
+    df.loc[rng.random(n) < 0.1, "a"] = np.nan
+    df.loc[rng.random(n) < 0.1, "color"] = np.nan
+    df.loc[rng.random(n) < 0.05, "city"] = np.nan
+    df.to_csv(path, index=False)
+    x = df.drop(columns="label")
+    x.loc[:4, "city"] = "never-seen"  # an unseen level
+    return x
+
+
 CASES: dict[str, tuple[str, dict]] = {
     "digits": ("multiclass", {"source": "sklearn", "name": "digits"}),
     "breast_cancer": ("binary", {"source": "sklearn", "name": "breast_cancer"}),
     "diabetes": ("regression", {"source": "sklearn", "name": "diabetes"}),
     "table": ("binary", {"source": "csv", "path": "table.csv", "target": "label"}),
+    "mixed": ("binary", {"source": "csv", "path": "mixed.csv", "target": "label"}),
 }
 
 
@@ -73,8 +97,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[P
         if task == "regression":
             spec["metric"] = "rmse"
         x: object
-        if case == "table":
-            x = _table(root / "table.csv")
+        if case in ("table", "mixed"):
+            x = (_table if case == "table" else _mixed)(root / f"{case}.csv")
         else:
             x = getattr(sklearn.datasets, f"load_{case}")(as_frame=True).data
         (root / f"{case}.yaml").write_text(yaml.safe_dump(spec))
@@ -117,8 +141,9 @@ def test_onnx_predicts_as_the_native_bundle(case: str, bundles: Callable) -> Non
     assert np.array_equal(graph.predict(x), native.predict(x))
 
 
-def test_cli_predict_onnx_matches_native(bundles: Callable, tmp_path: Path) -> None:
-    bundle, x = bundles("table")
+@pytest.mark.parametrize("case", ["table", "mixed"])
+def test_cli_predict_onnx_matches_native(case: str, bundles: Callable, tmp_path: Path) -> None:
+    bundle, x = bundles(case)
     x.to_csv(tmp_path / "x.csv", index=False)
     runner = CliRunner()
     outputs = {}
@@ -221,27 +246,18 @@ def test_slim_venv_predicts_without_torch(bundles: Callable, tmp_path: Path) -> 
     assert labels == want.tolist()
 
 
-def test_onnx_export_refuses_category_columns_and_unknown_formats(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    df = pd.DataFrame({"x": rng.normal(size=120), "color": rng.choice(["red", "blue"], 120)})
-    df["label"] = (df["x"] > 0).astype(int)
-    df.to_csv(tmp_path / "cat.csv", index=False)
-    spec = copy.deepcopy(TINY_SPEC) | {
-        "name": "cat",
-        "task": "binary",
-        "data": {"source": "csv", "path": "cat.csv", "target": "label"},
-    }
-    for key, value in FAST.items():
-        spec[key] = spec[key] | value
-    (tmp_path / "cat.yaml").write_text(yaml.safe_dump(spec))
-    runner = CliRunner()
-    assert runner.invoke(app, ["run", "cat.yaml", "-q"]).exit_code == 0
-    for fmt, expected in [("onnx", "category columns"), ("pmml", "unknown export format")]:
-        result = runner.invoke(app, ["export", "cat", "--out", "b", "--format", fmt])
-        assert result.exit_code == 1
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], lines
-        assert not (tmp_path / "b").exists()  # nothing half-written
+def test_onnx_export_refuses_an_unknown_format(bundles: Callable, tmp_path: Path) -> None:
+    bundle, _ = bundles("table")
+    root = bundle.parent  # the module's storage, where the study was tuned
+    storage = ["--storage", f"sqlite:///{root / 'hpo.db'}", "--artifacts", str(root / "a")]
+    os.chdir(root)
+    result = CliRunner().invoke(
+        app, ["export", "table", "--out", str(tmp_path / "b"), "--format", "pmml", *storage]
+    )
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown export format 'pmml'" in lines[0], lines
+    assert not (tmp_path / "b").exists()  # nothing half-written
 
 
 def test_onnx_engine_on_a_bundle_without_model_onnx(bundles: Callable, tmp_path: Path) -> None:
