@@ -64,8 +64,11 @@ def export(work: Path, name: str, body: dict[str, Any]) -> Path:
 def timings(bundle: Path, rows: np.ndarray, repeats: int) -> dict[str, Any]:
     big = np.resize(rows, (10_000, rows.shape[1]))
     out: dict[str, Any] = {}
-    for engine in ("native", "onnx"):
-        model = hpo.load_ensemble(bundle, engine=engine)
+    native, graph = (hpo.load_ensemble(bundle, engine=e) for e in ("native", "onnx"))
+    p_native, p_graph = native.predict_proba(rows), graph.predict_proba(rows)
+    out["max_abs_proba_diff"] = float(np.abs(p_native - p_graph).max())
+    out["labels_equal"] = bool((p_native.argmax(1) == p_graph.argmax(1)).all())
+    for engine, model in (("native", native), ("onnx", graph)):
         model.predict(big[:100])  # warm-up
         one = []
         for i in range(repeats):

@@ -1,22 +1,22 @@
 """The whole ensemble as one ONNX graph (``model.onnx`` in a bundle), for ONNX Runtime.
 
-The graph takes the raw features as one float matrix ``X`` ``[rows, features]`` in the
-training column order (NaN or infinity for a missing value) and does what
-:class:`hpo.preprocess.Preprocessor` and :func:`hpo.members.combine` do:
+Inputs: ``X``, float ``[rows, numeric columns]`` (the preprocessing's ``numeric`` order,
+which is the training column order for all-numeric data; NaN or infinity for a missing
+value), and for each category column ``category_<i>``, its values as text ``[rows]`` (""
+for missing). The graph does what :class:`hpo.preprocess.Preprocessor` and
+:func:`hpo.members.combine` do:
 
 - the preprocessing: infinity as missing, the training medians for missing values, the
-  scaling, the missing-indicator columns (ONNX operators, constants from the fitted JSON);
+  scaling, the missing-indicator columns, and per category column the level index
+  (``LabelEncoder``) as one-hot columns, an embedding code, or XGBoost's native category;
 - every NN member (``torch.onnx.export``, the dynamo exporter) and every XGBoost member
-  (onnxmltools' converter), each on its own view, as :mod:`hpo.members` feeds them;
+  (onnxmltools' converter, native categorical splits since onnx/onnxmltools#734 and #743),
+  each on its own view, as :mod:`hpo.members` feeds them;
 - softmax, sigmoid or the target's un-standardizing, and the weighted average in float64.
 
 Outputs: ``label`` (the original class) and ``probabilities`` ``[rows, classes]``, or
-``prediction`` (target units) for regression. The graph's metadata names the bundle's
-members and weights, so a ``model.onnx`` from another bundle is refused at load.
-
-Tables with category columns are refused: onnxmltools converts XGBoost's native
-categorical splits only since a recent release (onnx/onnxmltools#734, #743), with an open
-fix for the category codes (#773), so we do not rely on it yet.
+``prediction`` (target units) for regression. The graph's metadata lists the members,
+weights and their bundle files' sha256, so a ``model.onnx`` from another export is refused.
 
 Checked with torch 2.13, onnx 1.23, onnxscript 0.7, onnxmltools 1.16, onnxruntime 1.32.
 """

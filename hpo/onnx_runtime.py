@@ -353,6 +353,8 @@ def _iter_rows(model: OnnxEnsemble, path: Path) -> Iterator[Any]:
     step = model.block_rows_
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        if model.categories_:
+            raise HpoError(f"{path}: this bundle has category columns; give a .csv with them")
         try:
             x = np.load(path, allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError) as e:
