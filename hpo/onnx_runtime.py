@@ -231,6 +231,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     for key, kind in shapes.items():
         if not isinstance(raw.get(key), kind):
             raise HpoError(f"{file}: malformed manifest: {key}: missing or of the wrong type")
+    pre = raw["preprocessing"]
+    categorical = pre.get("categorical")
+    if (
+        not isinstance(pre.get("numeric"), list)
+        or not isinstance(categorical, list)
+        or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in categorical)
+    ):
+        raise HpoError(f"{file}: malformed manifest: preprocessing: no numeric or categorical list")
     if (raw["task"] == "regression") != (raw.get("classes") is None):
         raise HpoError(f"{file}: malformed manifest: classes do not fit the task")
     if ONNX_FILE not in raw["files"]:
@@ -305,7 +313,7 @@ def predict_file(
     if proba and classes is None:
         raise HpoError("--proba needs a classification bundle; this one is regression")
     header = ["label" if classes is not None else "prediction"]
-    header += [f"proba_{c}" for c in manifest_classes(model)] if proba else []
+    header += [f"proba_{c}" for c in model.manifest_["classes"]] if proba else []
     out_dir = (output.parent if output else Path(tempfile.gettempdir())).resolve()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,10 +348,6 @@ def predict_file(
     finally:
         tmp.unlink(missing_ok=True)
     return done
-
-
-def manifest_classes(model: OnnxEnsemble) -> list[Any]:
-    return list(model.manifest_["classes"] or [])
 
 
 def _iter_rows(model: OnnxEnsemble, path: Path) -> Iterator[Any]:
