@@ -143,6 +143,33 @@ def predict_memory(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def onnx_latency(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "**ONNX Runtime against the native bundle** (`python benchmarks/onnx_latency.py`; "
+        f"one row: median of {r['repeats']} calls; 10,000 rows in one call, best of 5)",
+        "",
+        "| ensemble | engine | one row (ms) | rows/s at 10,000 | max prob. difference |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name in ("digits", "fashion_mnist"):
+        if name not in r:
+            continue
+        for engine in ("native", "onnx"):
+            e = r[name][engine]
+            diff = f"{r[name]['max_abs_proba_diff']:.1e}" if engine == "onnx" else ""
+            lines.append(
+                f"| {name} | {engine} | {e['one_row_ms_median']:.3f} | "
+                f"{e['rows_per_s_10k']:,.0f} | {diff} |"
+            )
+    size = r["installed_mb"]
+    lines += [
+        "",
+        f"Installed size: the slim set (onnxruntime, numpy, typer and what they need) "
+        f"{size['slim']:.0f} MB, the full install {size['full']:.0f} MB.",
+    ]
+    return lines
+
+
 def generic(r: dict[str, Any]) -> list[str]:
     """Any other result: its rows as a table, keys as columns."""
     rows = r.get("rows", [])
@@ -163,6 +190,7 @@ FORMATS = {
     "workers_scaling": workers_scaling,
     "busy_machine": busy_machine,
     "predict_memory": predict_memory,
+    "onnx_latency": onnx_latency,
 }
 
 
