@@ -227,7 +227,7 @@ def export_bundle(
     """
     check_out_dir(out, force=force)
     weights = report.weights[report.method]
-    rows = {r["name"]: r for r in report.leaderboard["rows"]}
+    rows = {r.name: r for r in report.leaderboard.rows}
     members: list[dict[str, Any]] = []
     files: dict[str, bytes] = {}
     for member, trial, weight in zip(report.members, report.trials, weights, strict=True):
@@ -243,7 +243,11 @@ def export_bundle(
                 "file": name,
                 "weight": float(weight),
                 "params": trial.params,
-                "metrics": {k: row[k] for k in ("val_loss", "val_metric", "test_metric")},
+                "metrics": {
+                    "val_loss": row.val_loss,
+                    "val_metric": row.val_metric,
+                    "test_metric": row.test_metric,
+                },
                 "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
             }
         )
@@ -254,14 +258,14 @@ def export_bundle(
             "name": report.name,
             "task": data.task,
             "method": report.method,
-            "metric": report.leaderboard["metric"],
+            "metric": report.leaderboard.metric,
             "classes": data.classes,
             "n_features": len(data.feature_names),
             "feature_names": data.feature_names,
             "preprocessing": data.preprocessor.to_dict(),
             "target": {"name": target, "mean": data.y_mean, "std": data.y_std},
             "members": members,
-            "leaderboard": report.leaderboard["rows"],
+            "leaderboard": report.leaderboard.to_json()["rows"],
             "versions": package_versions(),
             "files": {name: _sha256(raw) for name, raw in files.items()},
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -9,9 +9,9 @@ Nothing is retrained: members are the saved models of finished trials. Two weigh
   validation loss); the best prefix of the picks is kept, and a member's weight is the
   share of picks that chose it.
 
-The leaderboard (members ranked by the validation metric, then both ensembles, with
-validation and test scores, and the no-skill baseline) is stored in the NN study's user
-attrs under ``"ensemble"``; the HTML report reads that contract.
+The leaderboard (:class:`hpo.stored.Leaderboard`: members ranked by the validation metric,
+then both ensembles, with validation and test scores, and the no-skill baseline) is stored
+in the NN study's user attrs; the HTML report and ``hpo export`` read it back.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import optuna
+import safetensors
+import safetensors.torch
 import torch
 import xgboost as xgb
 from pydantic import ValidationError
 
-from hpo.data import Dataset, load_dataset
+from hpo import stored
+from hpo.data import Dataset
 from hpo.errors import HpoError
 from hpo.members import GBMMember, Member, NNMember, combine
 from hpo.metrics import (
@@ -45,14 +47,20 @@ from hpo.metrics import (
     validation_loss,
 )
 from hpo.model import MLPSpec
-from hpo.resume import outside_current_space
+from hpo.sanity import check_studies_have_values, check_useful
 from hpo.spec import EnsembleConfig, StudySpec
-from hpo.storage import load_study
-from hpo.summary import best_trials
+from hpo.stored import (
+    Kind,
+    Leaderboard,
+    LeaderboardRow,
+    NoSkill,
+    best_trials,
+    outside_current_space,
+    store_leaderboard,
+)
 
 Method = Literal["average", "greedy"]
 METHODS: tuple[Method, ...] = ("average", "greedy")
-LEADERBOARD_KEY = "ensemble"
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class EnsembleReport:
     trials: tuple[optuna.trial.FrozenTrial, ...]  # the members' trials, in member order
     weights: dict[Method, np.ndarray]
     method: Method
-    leaderboard: dict[str, Any]
+    leaderboard: Leaderboard
 
     def ensemble(self, method: Method | None = None) -> Ensemble:
         return Ensemble(self.members, self.weights[method or self.method])
@@ -120,7 +128,7 @@ def read_artifact(
     study_name: str,
     trial: optuna.trial.FrozenTrial,
 ) -> bytes:
-    artifact_id = trial.user_attrs.get("artifact_id")
+    artifact_id = trial.user_attrs.get(stored.ARTIFACT_ID)
     if not artifact_id:
         raise HpoError(f"{study_name}: trial {trial.number} has no saved model")
     try:
@@ -141,12 +149,10 @@ def load_nn_member(
 ) -> NNMember:
     raw = read_artifact(artifacts, study_name, trial)
     try:
-        # weights_only: a tensor dict, never arbitrary pickled objects.
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         return NNMember.from_state_dict(
             trial.number,
-            MLPSpec.from_dict(trial.user_attrs["mlp_spec"]),
-            state,
+            MLPSpec.from_dict(trial.user_attrs[stored.MLP_SPEC]),
+            read_weights(raw, trial.user_attrs.get(stored.ARTIFACT_FORMAT)),
             task=data.task,
             n_features=data.n_features,
             n_classes=len(data.classes or []),
@@ -154,11 +160,19 @@ def load_nn_member(
             y_std=data.y_std,
             embedding_sizes=data.embedding_sizes,
         )
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HpoError(
             f"{study_name}: cannot load the model of trial {trial.number}: {first}"
         ) from None
+
+
+def read_weights(raw: bytes, artifact_format: str | None) -> dict[str, torch.Tensor]:
+    """A trial's MLP weights: safetensors, or a torch file of a study made before them."""
+    if artifact_format == "safetensors":
+        return safetensors.torch.load(raw)
+    # weights_only: a tensor dict, never arbitrary pickled objects.
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
 
 
 def load_gbm_member(
@@ -176,165 +190,150 @@ def load_gbm_member(
         ) from None
 
 
+MEMBER_LOADERS: dict[Kind, Callable[..., Member]] = {"nn": load_nn_member, "gbm": load_gbm_member}
+
+
 def build_ensemble(
     name: str,
-    nn_study: optuna.Study | None,
-    gbm_study: optuna.Study | None,
+    studies: Mapping[Kind, optuna.Study],
     data: Dataset,
     config: EnsembleConfig,
     artifacts: optuna.artifacts.FileSystemArtifactStore,
     metric: MetricName | None = None,
 ) -> EnsembleReport:
-    """Load the best ``nn_members`` and ``gbm_members`` trials, weight them both ways, score.
+    """Load each family's best ``<kind>_members`` trials, weight them both ways, score.
 
     ``metric`` (the spec's; the task's default if None) is what greedy selection optimizes
     and the leaderboard ranks.
 
     Raises:
-        HpoError: no finished trial in either study, or a saved model is missing.
+        HpoError: no finished trial in any study, or a saved model is missing.
     """
-    nn_trials = best_trials(nn_study, config.nn_members) if nn_study and config.nn_members else []
-    gbm_trials = (
-        best_trials(gbm_study, config.gbm_members) if gbm_study and config.gbm_members else []
-    )
-    if not nn_trials and not gbm_trials:
+    chosen = {
+        kind: best_trials(study, getattr(config, f"{kind}_members"))
+        for kind, study in studies.items()
+        if getattr(config, f"{kind}_members")
+    }
+    trials = [t for ts in chosen.values() for t in ts]
+    if not trials:
         raise HpoError(
             f"{name}: no finished trials to build an ensemble from "
             "(none has run yet, or every one was pruned or failed)"
         )
-    members: list[Member] = []
-    if nn_study is not None:
-        members += [load_nn_member(t, nn_study.study_name, artifacts, data) for t in nn_trials]
-    if gbm_study is not None:
-        members += [load_gbm_member(t, gbm_study.study_name, artifacts, data) for t in gbm_trials]
-
-    task = data.task
-    metric = metric or default_metric(task)
-    names = recorded_metrics(task, metric)
+    members: list[Member] = [
+        MEMBER_LOADERS[kind](t, studies[kind].study_name, artifacts, data)
+        for kind, ts in chosen.items()
+        for t in ts
+    ]
+    metric = metric or default_metric(data.task)
     val = [m.predict(data.view(m.kind, "val")) for m in members]
     test = [m.predict(data.view(m.kind, "test")) for m in members]
     weights: dict[Method, np.ndarray] = {
         "average": average_weights(len(members)),
         "greedy": greedy_weights(
-            val, selection_key(task, metric, data.val.y), config.greedy_rounds
+            val, selection_key(data.task, metric, data.val.y), config.greedy_rounds
         )[0],
     }
-
-    def row_scores(v: np.ndarray, t: np.ndarray) -> dict[str, float]:
-        return {
-            "val_loss": validation_loss(task, v, data.val.y),
-            "val_metric": score(metric, v, data.val.y),
-            "test_metric": score(metric, t, data.test.y),
-            **scores(names, "val", v, data.val.y),
-            **scores(names, "test", t, data.test.y),
-        }
-
-    rows: list[dict[str, Any]] = [
-        {
-            "name": f"{m.kind}#{m.trial}",
-            "kind": m.kind,
-            "trial": m.trial,
-            "weight": float(weights[config.method][i]),
-            **row_scores(val[i], test[i]),
-        }
-        for i, m in enumerate(members)
-    ]
-    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
-    rows.sort(key=lambda r: sign * r["val_metric"] if np.isfinite(r["val_metric"]) else np.inf)
-    for method in METHODS:
-        w = weights[method]
-        rows.append(
-            {
-                "name": f"ensemble ({method})",
-                "kind": "ensemble",
-                "trial": None,
-                "weight": None,
-                **row_scores(combine(val, w), combine(test, w)),
-            }
-        )
-    n_classes = len(data.classes or [])
-    no_skill = constant_prediction(task, data.train.y, len(data.val.y), n_classes)
-    # left_out: completed trials that best_trials passed over, outside the current space.
-    leaderboard: dict[str, Any] = {
-        "method": config.method,
-        "metric": metric,
-        "higher_is_better": HIGHER_IS_BETTER[metric],
-        "loss": loss_name(task),
-        "baseline": {
-            "name": no_skill_name(task),
-            "val_loss": validation_loss(task, no_skill, data.val.y),
-            "val_metric": score(metric, no_skill, data.val.y),
-        },
-        "rows": rows,
-        "left_out": {
-            s.study_name: outside_current_space(s) for s in (nn_study, gbm_study) if s is not None
-        },
-    }
+    leaderboard = _leaderboard(members, val, test, weights, data, config.method, metric)
+    leaderboard = leaderboard.model_copy(
+        update={"left_out": {s.study_name: outside_current_space(s) for s in studies.values()}}
+    )
     return EnsembleReport(
         name=name,
         members=tuple(members),
-        trials=tuple(nn_trials + gbm_trials),
+        trials=tuple(trials),
         weights=weights,
         method=config.method,
         leaderboard=leaderboard,
     )
 
 
-def store_leaderboard(study: optuna.Study, leaderboard: dict[str, Any]) -> None:
-    study.set_user_attr(LEADERBOARD_KEY, leaderboard)
+def _leaderboard(
+    members: list[Member],
+    val: list[np.ndarray],
+    test: list[np.ndarray],
+    weights: dict[Method, np.ndarray],
+    data: Dataset,
+    method: Method,
+    metric: MetricName,
+) -> Leaderboard:
+    """Members ranked by the validation metric, then both ensembles, and the no-skill model."""
+    task, names = data.task, recorded_metrics(data.task, metric)
+
+    def row(
+        name: str, kind: str, trial: int | None, weight: float | None, v: Any, t: Any
+    ) -> LeaderboardRow:
+        return LeaderboardRow(
+            name=name,
+            kind=kind,
+            trial=trial,
+            weight=weight,
+            val_loss=validation_loss(task, v, data.val.y),
+            val_metric=score(metric, v, data.val.y),
+            test_metric=score(metric, t, data.test.y),
+            **scores(names, "val", v, data.val.y),
+            **scores(names, "test", t, data.test.y),
+        )
+
+    rows = [
+        row(f"{m.kind}#{m.trial}", m.kind, m.trial, float(weights[method][i]), val[i], test[i])
+        for i, m in enumerate(members)
+    ]
+    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+    rows.sort(key=lambda r: sign * r.val_metric if np.isfinite(r.val_metric) else np.inf)
+    for m in METHODS:
+        w = weights[m]
+        rows.append(
+            row(
+                Leaderboard.ensemble_name(m),
+                "ensemble",
+                None,
+                None,
+                combine(val, w),
+                combine(test, w),
+            )
+        )
+    no_skill = constant_prediction(task, data.train.y, len(data.val.y), len(data.classes or []))
+    return Leaderboard(
+        method=method,
+        metric=metric,
+        higher_is_better=HIGHER_IS_BETTER[metric],
+        loss=loss_name(task),
+        baseline=NoSkill(
+            name=no_skill_name(task),
+            val_loss=validation_loss(task, no_skill, data.val.y),
+            val_metric=score(metric, no_skill, data.val.y),
+        ),
+        rows=rows,
+    )
 
 
-@dataclass(frozen=True)
-class StoredStudy:
-    """A tuned study read back from storage: its spec, both Optuna studies, and its data."""
+def make_ensemble(
+    spec: StudySpec,
+    studies: Mapping[Kind, optuna.Study],
+    data: Dataset,
+    artifacts: optuna.artifacts.FileSystemArtifactStore,
+    *,
+    config: EnsembleConfig | None = None,
+    require_useful: bool = True,
+) -> EnsembleReport:
+    """Build the ensemble of a spec's studies and store its leaderboard: ``hpo run``,
+    ``hpo ensemble`` and ``hpo export`` all come through here.
 
-    spec: StudySpec
-    nn_study: optuna.Study
-    gbm_study: optuna.Study | None
-    data: Dataset
-
-
-def open_stored(name: str, storage: optuna.storages.BaseStorage) -> StoredStudy:
-    """``digits`` (or ``digits-nn``, ``digits-gbm``) to its spec, studies and data.
-
-    The spec is the one stored in the NN study's attrs; the data is loaded from where the
-    run found it and must split to the same sizes.
-
-    Raises:
-        HpoError: unknown name, a spec this version cannot read, or data that changed.
+    Args:
+        config: the spec's ensemble settings with overrides (default: the spec's).
+        require_useful: refuse studies without values and an ensemble no better than
+            the no-skill model (:mod:`hpo.sanity`); the leaderboard is stored either way.
     """
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    base = name
-    for suffix in ("-nn", "-gbm"):
-        if name.endswith(suffix) and f"{name.removesuffix(suffix)}-nn" in names:
-            base = name.removesuffix(suffix)
-    if f"{base}-nn" not in names:
-        specs = sorted(n.removesuffix("-nn") for n in names if n.endswith("-nn"))
-        known = ", ".join(specs) if specs else "none"
-        raise HpoError(f"no study named {name!r} (studies here: {known})")
-    nn_study = load_study(f"{base}-nn", storage)
-    gbm_study = load_study(f"{base}-gbm", storage) if f"{base}-gbm" in names else None
-    attrs = nn_study.user_attrs
-    try:
-        spec = StudySpec.model_validate(attrs["spec"])
-    except (KeyError, ValidationError):
-        raise HpoError(
-            f"{nn_study.study_name}: its stored spec is missing or unreadable by this hpo"
-        ) from None
-    if spec.data.source != "sklearn":
-        # The run stored where it found the data (absolute), not the spec-relative path.
-        spec = spec.model_copy(
-            update={"data": spec.data.model_copy(update={"path": attrs["dataset"]})}
-        )
-    data = load_dataset(spec.data, spec.task, Path("/"), spec.seed)
-    sizes = [len(data.train.y), len(data.val.y), len(data.test.y)]
-    if sizes != attrs.get("split_sizes") or data.n_features != attrs.get("n_features"):
-        raise HpoError(
-            f"{base}: the data at {data.source} no longer matches the study "
-            f"(splits {sizes} and {data.n_features} features; "
-            f"the study has {attrs.get('split_sizes')} and {attrs.get('n_features')})"
-        )
-    return StoredStudy(spec, nn_study, gbm_study, data)
+    if require_useful:
+        check_studies_have_values(spec.name, list(studies.values()))
+    report = build_ensemble(
+        spec.name, studies, data, config or spec.ensemble, artifacts, metric=spec.metric
+    )
+    store_leaderboard(dict(studies), report.leaderboard)
+    if require_useful:
+        check_useful(spec.name, report.leaderboard)
+    return report
 
 
 def ensemble_config(spec: StudySpec, **overrides: Any) -> EnsembleConfig:

@@ -9,32 +9,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 
 from hpo.data import Dataset, load_dataset
-from hpo.ensemble import EnsembleReport, build_ensemble, store_leaderboard
-from hpo.gbm_study import run_gbm_study
-from hpo.nn_study import run_nn_study
+from hpo.ensemble import EnsembleReport, make_ensemble
+from hpo.gbm_study import GBM
+from hpo.nn_study import NN
 from hpo.resume import archive_studies, check_rerun, note_target_met
-from hpo.sanity import check_studies_have_values, check_useful
-from hpo.spec import StudySpec
-from hpo.storage import mask_url, open_artifacts, open_storage
+from hpo.spec import RunOptions, StudySpec
+from hpo.storage import mask_url, new_sqlite_file, open_artifacts, open_storage
 from hpo.storage import storage_url as resolve_url
+from hpo.stored import Kind, Leaderboard
+from hpo.study import Family, TrialCallback, run_study
 
-TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+# The model families a run tunes, in order; a new family is one more entry (see README).
+FAMILIES: tuple[Family, ...] = (NN, GBM)
+
+Log = Callable[[str], None]
 
 
 @dataclass
 class RunResult:
-    nn_study: optuna.Study
-    gbm_study: optuna.Study
+    studies: dict[Kind, optuna.Study]
     data: Dataset
     ensemble: EnsembleReport | None  # None in a worker: the run builds it once
 
     @property
-    def leaderboard(self) -> dict[str, Any]:
+    def leaderboard(self) -> Leaderboard:
         assert self.ensemble is not None, "workers build no ensemble"
         return self.ensemble.leaderboard
 
@@ -51,41 +53,65 @@ def open_spec_storage(spec: StudySpec, storage_url: str | None) -> optuna.storag
 
 def study_targets(spec: StudySpec, trials: int | None = None) -> dict[str, int]:
     """Each study ``run_spec`` tunes, with the finished trials it tunes it to."""
-    return {
-        spec.nn_study_name: spec.nn.trials if trials is None else trials,
-        spec.gbm_study_name: spec.gbm.trials if trials is None else trials,
-    }
+    return {f.study_name(spec): f.target(spec, trials) for f in FAMILIES}
+
+
+def prepare_run(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    *,
+    fresh: bool,
+    trials: int | None,
+    notes_met: bool = True,
+) -> list[str]:
+    """Before any trial: ``fresh`` archives the spec's studies, else the spec must match
+    the data they were made with. ``hpo run --workers`` does this once, before its workers.
+
+    Returns the lines to show: search-space changes or archives, and (``notes_met``)
+    targets met already.
+
+    Raises:
+        HpoError: a spec whose data no longer matches its studies; nothing is written.
+    """
+    lines: list[str] = []
+    if fresh:
+        archive_studies(spec, storage, lines.append)
+    else:
+        lines += check_rerun(spec, storage)
+    if notes_met:
+        for family in FAMILIES:
+            key = f"{family.kind}.trials"
+            name = family.study_name(spec)
+            note_target_met(storage, name, family.target(spec, trials), key, lines.append)
+    return lines
 
 
 def run_spec(
     spec: StudySpec,
     base_dir: Path,
+    options: RunOptions = RunOptions(),
     *,
-    storage_url: str | None = None,
-    artifacts_path: str | None = None,
-    trials: int | None = None,
-    timeout: float | None = None,
     on_trial: TrialCallback | None = None,
-    log: Callable[[str], None] = lambda message: None,
+    on_study_start: Log = lambda study_name: None,
+    log: Log = lambda message: None,
     worker: bool = False,
     fresh: bool = False,
     prepared: bool = False,
 ) -> RunResult:
-    """Load the data, tune the NN study, then the GBM study, then build the ensemble.
+    """Load the data, tune each family's study in turn, then build the ensemble.
 
-    ``trials`` and ``timeout`` override both studies' settings (the timeout is per study).
-    Data and storage are opened before anything is written, so a bad path or URL leaves
-    the database untouched.
+    Data and storage are opened, and the spec checked against its studies, before
+    anything is written, so a bad path, URL or spec leaves the database untouched.
 
     Args:
+        on_study_start: called with each study's name as its family's turn begins.
         worker: this process is one of several on the studies (``hpo worker``): its
             samplers draw their own random numbers, and the ensemble, built once per run
             rather than once per worker, is left to ``hpo run`` (or ``hpo ensemble``).
         fresh: keep the spec's existing studies under a dated name and start new ones
             (:func:`hpo.resume.archive_studies`); otherwise the spec must match the data,
             task and seed the studies were made with (:func:`hpo.resume.check_rerun`).
-        prepared: the caller has done that already, and said which targets were met
-            before its workers ran (``hpo run --workers``): no check and no notes here.
+        prepared: the caller has run :func:`prepare_run` already (``hpo run --workers``).
 
     Raises:
         HpoError: bad data or storage, a spec whose data no longer matches its studies, a
@@ -93,55 +119,36 @@ def run_spec(
             no-skill baseline (see :mod:`hpo.sanity`).
     """
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
-    storage = open_spec_storage(spec, storage_url)
-    artifacts = open_artifacts(artifacts_path)
-    # Raises before anything is written.
-    notes = [] if fresh or prepared else check_rerun(spec, storage)
+    new_database = new_sqlite_file(options.storage)
+    storage = open_spec_storage(spec, options.storage)
+    artifacts = open_artifacts(options.artifacts)
+    # A worker among others finds targets met by its peers: no news.
+    notes = [] if prepared else prepare_run(
+        spec, storage, fresh=fresh, trials=options.trials, notes_met=not worker
+    )  # fmt: skip
     log(
         f"{spec.name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/{len(data.test.y)} "
-        f"train/val/test rows; storage {mask_url(resolve_url(storage_url))}"
+        f"train/val/test rows; storage {mask_url(resolve_url(options.storage))}"
     )
+    if new_database is not None:
+        notes.insert(0, f"{spec.name}: a new SQLite database at {new_database}")
     for note in notes:
         log(note)
-    if fresh and not prepared:
-        archive_studies(spec, storage, log)
-    targets = study_targets(spec, trials)
-    # A worker among others finds targets met by its peers: no news.
-    notes_met = not (worker or prepared)
-    if notes_met:
-        note_target_met(storage, spec.nn_study_name, targets[spec.nn_study_name], "nn.trials", log)
-    nn_study = run_nn_study(
-        spec,
-        data,
-        storage,
-        artifacts,
-        n_trials=targets[spec.nn_study_name],
-        timeout=timeout or spec.nn.timeout,
-        on_trial=on_trial,
-        worker=worker,
-        log=log,
-    )
-    if notes_met:
-        note_target_met(
-            storage, spec.gbm_study_name, targets[spec.gbm_study_name], "gbm.trials", log
+    studies: dict[Kind, optuna.Study] = {}
+    for family in FAMILIES:
+        on_study_start(family.study_name(spec))
+        studies[family.kind] = run_study(
+            family,
+            spec,
+            data,
+            storage,
+            artifacts,
+            n_trials=family.target(spec, options.trials),
+            timeout=options.timeout or family.timeout(spec),
+            on_trial=on_trial,
+            worker=worker,
+            log=log,
         )
-    gbm_study = run_gbm_study(
-        spec,
-        data,
-        storage,
-        artifacts,
-        n_trials=targets[spec.gbm_study_name],
-        timeout=timeout or spec.gbm.timeout,
-        on_trial=on_trial,
-        worker=worker,
-        log=log,
-    )
     if worker:
-        return RunResult(nn_study=nn_study, gbm_study=gbm_study, data=data, ensemble=None)
-    check_studies_have_values(spec.name, [nn_study, gbm_study])
-    report = build_ensemble(
-        spec.name, nn_study, gbm_study, data, spec.ensemble, artifacts, metric=spec.metric
-    )
-    store_leaderboard(nn_study, report.leaderboard)
-    check_useful(spec.name, report.leaderboard)
-    return RunResult(nn_study=nn_study, gbm_study=gbm_study, data=data, ensemble=report)
+        return RunResult(studies, data, ensemble=None)
+    return RunResult(studies, data, ensemble=make_ensemble(spec, studies, data, artifacts))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -452,6 +453,17 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "nn_members": ("ensemble.nn_members",),
     "gbm_members": ("ensemble.gbm_members",),
 }
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line may set for a run: where (``None``: ``HPO_STORAGE`` /
+    ``HPO_ARTIFACTS`` or the defaults) and how much (``None``: the spec's)."""
+
+    storage: str | None = None
+    artifacts: str | None = None
+    trials: int | None = None  # finished trials per study
+    timeout: float | None = None  # seconds per study
 
 
 def check_overrides(spec: StudySpec, **flags: Any) -> None:

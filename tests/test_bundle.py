@@ -20,10 +20,11 @@ from typer.testing import CliRunner, Result
 
 import hpo
 from hpo.cli import app
-from hpo.ensemble import build_ensemble, open_stored
+from hpo.ensemble import build_ensemble
 from hpo.errors import HpoError
 from hpo.estimator import EnsembleClassifier, EnsembleRegressor
 from hpo.storage import open_artifacts, open_storage
+from hpo.stored import StoredStudy
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,10 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> Tuned:
     exported = runner.invoke(app, ["export", "tiny", "--out", str(t.bundle), *t.storage_args()])
     assert exported.exit_code == 0, exported.output
 
-    stored = open_stored("tiny", open_storage(f"sqlite:///{t.db}", must_exist=True))
+    stored = StoredStudy.open("tiny", open_storage(f"sqlite:///{t.db}", must_exist=True))
     report = build_ensemble(
         "tiny",
-        stored.nn_study,
-        stored.gbm_study,
+        stored.studies,
         stored.data,
         stored.spec.ensemble,
         open_artifacts(str(t.artifacts)),
@@ -353,7 +353,7 @@ def test_regression_and_binary_bundles_predict_as_the_study(
     name = dataset.replace("_", "-")
     assert cli("export", name, "--out", "bundle").exit_code == 0
 
-    stored = open_stored(name, open_storage(must_exist=True))
+    stored = StoredStudy.open(name, open_storage(must_exist=True))
     board = stored.nn_study.user_attrs["ensemble"]
     exported = next(r for r in board["rows"] if r["name"] == f"ensemble ({board['method']})")
     model = hpo.load_ensemble("bundle")

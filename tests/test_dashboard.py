@@ -57,7 +57,8 @@ def test_dashboard_on_a_storage_that_does_not_exist_is_one_error_line(
 def test_dashboard_without_a_database_is_an_error(cli: Callable[..., Any]) -> None:
     result = cli("dashboard")
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: no database at storage/hpo.db")
+    missing = Path("storage/hpo.db").resolve()
+    assert result.stderr.startswith(f"Error: no database at {missing} "), result.stderr
 
 
 def test_dashboard_on_a_taken_port_is_an_error(

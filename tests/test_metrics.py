@@ -14,7 +14,7 @@ import pytest
 from typer.testing import Result
 
 import hpo
-from hpo.ensemble import greedy_weights, load_gbm_member, load_nn_member, open_stored
+from hpo.ensemble import greedy_weights, load_gbm_member, load_nn_member
 from hpo.metrics import (
     constant_prediction,
     recorded_metrics,
@@ -23,6 +23,7 @@ from hpo.metrics import (
     validation_loss,
 )
 from hpo.storage import open_artifacts, open_storage
+from hpo.stored import StoredStudy
 
 STORAGE = "sqlite:///storage/hpo.db"
 
@@ -178,7 +179,7 @@ def test_binary_runs_record_and_show_roc_auc(
         assert top.user_attrs["val_roc_auc"] > 0.9 and top.user_attrs["test_roc_auc"] > 0.9
         # Both objectives are the log loss of the saved model on validation: the NN's
         # binary cross-entropy and XGBoost's logloss are one quantity.
-        stored = open_stored("tiny", open_storage(must_exist=True))
+        stored = StoredStudy.open("tiny", open_storage(must_exist=True))
         load = load_nn_member if kind == "nn" else load_gbm_member
         member = load(top, f"tiny-{kind}", open_artifacts(), stored.data)
         pred = member.predict(stored.data.val.x)
