@@ -30,10 +30,11 @@ from reference import ImageItems, reference_objective
 from hpo.data import load_dataset
 from hpo.idx import read_idx
 from hpo.model import MLPSpec, build_mlp
-from hpo.nn_study import NNObjective, make_pruner, make_sampler
+from hpo.nn_study import NNObjective
 from hpo.search_space import suggest
 from hpo.spec import load_spec
 from hpo.storage import open_artifacts
+from hpo.study import PrunerSteps, make_pruner, make_sampler
 
 TARGET = 0.88
 
@@ -68,7 +69,9 @@ def run_hpo(pruner: str, budget: float, epochs: int) -> dict[str, Any]:
     data = load_dataset(spec.data, spec.task, base, spec.seed)
     data.tensors("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        study = optuna.create_study(sampler=make_sampler(spec), pruner=make_pruner(spec, epochs))
+        study = optuna.create_study(
+            sampler=make_sampler(spec), pruner=make_pruner(spec, PrunerSteps(epochs))
+        )
         start = time.time()
         study.optimize(NNObjective(spec, data, open_artifacts(tmp)), timeout=budget)
     return summarize(study, start, lambda t: t.user_attrs["val_accuracy"])

@@ -26,8 +26,8 @@ from hpo.workers import quiet_optuna
 
 if TYPE_CHECKING:
     from hpo.launch import Bars
-    from hpo.runner import RunResult
-    from hpo.spec import StudySpec
+    from hpo.spec import RunOptions, StudySpec
+    from hpo.stored import StoredStudy
 
 # Plain help: Rich's panels print a `<bool>` type beside every flag.
 app = typer.Typer(
@@ -47,25 +47,22 @@ err = Console(stderr=True, soft_wrap=True)  # log lines are not wrapped at 80 co
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-StorageOpt = Annotated[
-    str | None,
-    typer.Option("--storage", help="SQLAlchemy URL or grpc://HOST:PORT [env: HPO_STORAGE]"),
-]
-ArtifactsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--artifacts", help="Artifact directory [env: HPO_ARTIFACTS; default storage/artifacts]"
-    ),
-]
+_STORAGE_HELP = "SQLAlchemy URL or grpc://HOST:PORT [env: HPO_STORAGE]"
+StorageOpt = Annotated[str | None, typer.Option("--storage", help=_STORAGE_HELP)]
+_ARTIFACTS_HELP = "Artifact directory [env: HPO_ARTIFACTS; default storage/artifacts]"
+ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help=_ARTIFACTS_HELP)]
 NameArg = Annotated[str, typer.Argument(help="Study spec name (e.g. digits) or a full study name")]
 SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML")]
-TrialsOpt = Annotated[
-    int | None, typer.Option(help="Finished trials to reach (overrides the spec)")
-]
+TrialsOpt = Annotated[int | None, typer.Option(help="Finished trials to reach (overrides spec)")]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Seconds for this run (overrides the spec)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no trial lines")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exact JSON for scripts")]
 MethodOpt = Annotated[str | None, typer.Option(help="average or greedy [default: the spec's]")]
+FreshOpt = Annotated[bool, typer.Option(help="Keep the old studies under a dated name; start anew")]
+WorkersOpt = Annotated[int, typer.Option(min=1, help="Local worker processes, threads split")]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads [default: all]")]
+HostOpt = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface)")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on")]
 
 
 def user_errors(fn: F) -> F:
@@ -106,6 +103,7 @@ def main_options(
     ] = False,
 ) -> None:
     """Hyperparameter optimization for PyTorch MLPs and XGBoost, on Optuna."""
+    quiet_optuna()
 
 
 def _bars(quiet: bool) -> Bars:
@@ -114,95 +112,70 @@ def _bars(quiet: bool) -> Bars:
     return lambda targets, store: StudyBars(targets, err, quiet=quiet, storage=store)
 
 
+def _spec(path: Path, *flags: Any) -> tuple[StudySpec, Path, RunOptions]:
+    """The spec at ``path`` with the run flags (storage, artifacts, trials, timeout)."""
+    from hpo.spec import RunOptions, check_overrides, load_spec
+
+    spec, base_dir = load_spec(path)
+    options = RunOptions(*flags)
+    check_overrides(spec, trials=options.trials, timeout=options.timeout)
+    return spec, base_dir, options
+
+
+# fmt: off
 @app.command()
 @user_errors
 def run(
-    spec_path: SpecArg,
-    storage: StorageOpt = None,
-    artifacts: ArtifactsOpt = None,
-    trials: TrialsOpt = None,
-    timeout: TimeoutOpt = None,
-    quiet: QuietOpt = False,
-    fresh: Annotated[
-        bool, typer.Option(help="Keep the existing studies under a dated name; start new ones")
-    ] = False,
-    workers: Annotated[
-        int, typer.Option(min=1, help="Local worker processes, CPU threads split between them")
-    ] = 1,
+    spec_path: SpecArg, storage: StorageOpt = None, artifacts: ArtifactsOpt = None,
+    trials: TrialsOpt = None, timeout: TimeoutOpt = None, quiet: QuietOpt = False,
+    fresh: FreshOpt = False, workers: WorkersOpt = 1,
 ) -> None:
+    # fmt: on
     """Tune the NN and GBM studies of SPEC (resumed and topped up), then build the ensemble."""
     from hpo.launch import run_all
-    from hpo.spec import RunOptions, check_overrides, load_spec
+    from hpo.summary import run_summary
 
-    quiet_optuna()
-    spec, base_dir = load_spec(spec_path)
-    check_overrides(spec, trials=trials, timeout=timeout)
-    options = RunOptions(storage, artifacts, trials, timeout)
+    spec, base_dir, options = _spec(spec_path, storage, artifacts, trials, timeout)
     bars = _bars(quiet)
-    result = run_all(
-        spec, base_dir, spec_path, options, n_workers=workers, fresh=fresh, bars=bars, log=log
-    )
-    _print_run(spec, result)
+    result = run_all(spec, base_dir, spec_path, options, n_workers=workers, fresh=fresh,
+                     bars=bars, log=log)  # fmt: skip
+    for shown in run_summary(spec, result.studies.values(), result.leaderboard):
+        out.print(shown, highlight=False)
 
 
-def _print_run(spec: StudySpec, result: RunResult) -> None:
-    from hpo.stored import best_trials
-    from hpo.summary import best_line, leaderboard_table, trials_table
-
-    for study in result.studies.values():
-        ranked = best_trials(study, 1)  # inside the current search space
-        if ranked:
-            out.print(trials_table(study))
-            out.print(best_line(study, ranked[0]), highlight=False)
-    out.print(leaderboard_table(spec.name, result.leaderboard, spec.ensemble.method))
-
-
+# fmt: off
 @app.command()
 @user_errors
 def worker(
-    spec_path: SpecArg,
-    storage: StorageOpt = None,
-    artifacts: ArtifactsOpt = None,
-    trials: TrialsOpt = None,
-    timeout: TimeoutOpt = None,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for training [default: all]")
-    ] = None,
-    quiet: QuietOpt = False,
+    spec_path: SpecArg, threads: ThreadsOpt = None, quiet: QuietOpt = False,
+    storage: StorageOpt = None, artifacts: ArtifactsOpt = None,
+    trials: TrialsOpt = None, timeout: TimeoutOpt = None,
 ) -> None:
+    # fmt: on
     """Join the study in SPEC (creating it if needed) and run trials until it reaches its target.
 
     Start one on each machine, all with the same --storage (PostgreSQL, or grpc:// through
     `hpo storage-proxy`) and --artifacts (a shared directory).
     """
     from hpo.launch import run_worker
-    from hpo.spec import RunOptions, check_overrides, load_spec
+    from hpo.summary import worker_line
 
-    quiet_optuna()
-    spec, base_dir = load_spec(spec_path)
-    check_overrides(spec, trials=trials, timeout=timeout)
-    options = RunOptions(storage, artifacts, trials, timeout)
-    shares = run_worker(spec, base_dir, options, threads=threads, bars=_bars(quiet), log=log)
-    for s in shares:
-        out.print(
-            f"{s.study_name}: {s.finished}/{s.target} finished trials, {s.mine} run by this worker"
-        )
+    spec, base_dir, options = _spec(spec_path, storage, artifacts, trials, timeout)
+    for share in run_worker(spec, base_dir, options, threads=threads, bars=_bars(quiet), log=log):
+        out.print(worker_line(share), highlight=False)
 
 
 @app.command("storage-proxy")
 @user_errors
 def storage_proxy(
     storage: StorageOpt = None,
-    port: Annotated[int, typer.Option(help="Port to listen on")] = 13000,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on (0.0.0.0: every interface)")
-    ] = "127.0.0.1",
+    port: PortOpt = 13000,
+    host: HostOpt = "127.0.0.1",
 ) -> None:
     """Serve the storage to workers over gRPC: they use --storage grpc://HOST:PORT."""
     from hpo.storage import serve_grpc_proxy
     from hpo.workers import stop_on_sigterm
 
-    quiet_optuna()
     stop_on_sigterm()
     url = mask_url(storage_url(storage))
     log(f"storage proxy for {url} on grpc://{host}:{port} (Ctrl-C stops it)")
@@ -218,10 +191,15 @@ def studies(storage: StorageOpt = None) -> None:
     """List the studies in the storage."""
     from hpo.summary import studies_table
 
-    quiet_optuna()
     store = open_storage(storage, must_exist=True)
     title = f"Studies in {escape(mask_url(storage_url(storage)))}"
     out.print(studies_table(title, optuna.get_all_study_summaries(store)))
+
+
+def _stored(name: str, storage: str | None) -> StoredStudy:
+    from hpo.stored import StoredStudy
+
+    return StoredStudy.open(name, open_storage(storage, must_exist=True))
 
 
 @app.command()
@@ -232,25 +210,20 @@ def status(
     top: Annotated[int, typer.Option(help="Rows in the best-trials table")] = 5,
 ) -> None:
     """Trial counts by state, the best value, and a table of the best trials."""
-    from hpo.stored import StoredStudy
     from hpo.summary import status_line, trials_table
 
-    quiet_optuna()
-    for study in StoredStudy.open(name, open_storage(storage, must_exist=True)).selected:
-        out.print(status_line(study))
-        out.print(trials_table(study, top))
+    for study in _stored(name, storage).selected:
+        out.print(status_line(study), trials_table(study, top), sep="\n")
 
 
 @app.command()
 @user_errors
 def best(name: NameArg, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """The best trial of each of the study's studies (numbers rounded; --json: exact)."""
-    from hpo.stored import StoredStudy, best_summary
+    from hpo.stored import best_summary
     from hpo.summary import best_lines
 
-    quiet_optuna()
-    found = StoredStudy.open(name, open_storage(storage, must_exist=True))
-    result = {study.study_name: best_summary(study) for study in found.selected}
+    result = {study.study_name: best_summary(study) for study in _stored(name, storage).selected}
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
@@ -265,24 +238,19 @@ def dashboard(
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
     host: Annotated[
-        str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network")
+        str, typer.Option(help="Address; 0.0.0.0 exposes it to the network")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
 ) -> None:
-    """optuna-dashboard on the storage, with trial model files from the artifact store."""
-    from hpo.dashboard import serve_dashboard
-    from hpo.storage import artifacts_dir
+    """optuna-dashboard on the storage, with trial model files from the artifact store.
 
-    quiet_optuna()
+    It has no login and can delete studies: --host 0.0.0.0 exposes it to the network.
+    """
+    from hpo.dashboard import dashboard_lines, serve_dashboard
+
     store = open_storage(storage, must_exist=True)
-    folder = artifacts_dir(artifacts)
-    if not folder.is_dir():
-        err.print(f"Warning: no artifact directory at {folder}; model files will not show.")
-    url_host = f"[{host}]" if ":" in host else host
-    log(
-        f"optuna-dashboard on http://{url_host}:{port}/dashboard "
-        f"(storage {mask_url(storage_url(storage))}, artifacts {folder}); Ctrl-C stops it."
-    )
+    for line in dashboard_lines(storage_url(storage), artifacts, host=host, port=port):
+        log(line)
     serve_dashboard(store, open_artifacts(artifacts), host=host, port=port)
 
 
@@ -298,27 +266,17 @@ def ensemble(
     as_json: JsonOpt = False,
 ) -> None:
     """Build the ensemble from the best saved trials, store and show its leaderboard."""
-    from hpo.ensemble import ensemble_config, make_ensemble
-    from hpo.spec import check_overrides
-    from hpo.stored import StoredStudy
+    from hpo.ensemble import ensemble_stored
     from hpo.summary import leaderboard_table
 
-    quiet_optuna()
-    found = StoredStudy.open(name, open_storage(storage, must_exist=True))
-    spec = found.spec
-    check_overrides(spec, nn_members=nn_members, gbm_members=gbm_members)
-    config = ensemble_config(spec, method=method, nn_members=nn_members, gbm_members=gbm_members)
-    report = make_ensemble(
-        spec,
-        found.studies,
-        found.data,
-        open_artifacts(artifacts),
-        config=config,
-        require_useful=False,
-    )
+    found, report = ensemble_stored(
+        _stored(name, storage), open_artifacts(artifacts), require_useful=False,
+        method=method, nn_members=nn_members, gbm_members=gbm_members,
+    )  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(report.leaderboard.to_json(), indent=2) + "\n")
         return
+    spec = found.spec
     out.print(leaderboard_table(spec.name, report.leaderboard, spec.ensemble.method))
 
 
@@ -333,10 +291,8 @@ def report(
 ) -> None:
     """One self-contained HTML file with the plots of the study (and its ensemble)."""
     from hpo.report import write_report
-    from hpo.stored import StoredStudy
 
-    quiet_optuna()
-    found = StoredStudy.open(name, open_storage(storage, must_exist=True))
+    found = _stored(name, storage)
     path = write_report(list(found.selected), out_path or Path(f"{name}-report.html"), title=name)
     out.print(str(path), highlight=False, soft_wrap=True)
 
@@ -353,22 +309,17 @@ def export(
 ) -> None:
     """Write the study's ensemble (the spec's method, or --method) as a self-contained bundle."""
     from hpo.bundle import check_out_dir, export_bundle, target_name
-    from hpo.ensemble import ensemble_config, make_ensemble
-    from hpo.stored import StoredStudy
+    from hpo.ensemble import ensemble_stored
 
-    quiet_optuna()
     check_out_dir(out_dir, force=force)
-    found = StoredStudy.open(name, open_storage(storage, must_exist=True))
-    spec, data = found.spec, found.data
-    config = ensemble_config(spec, method=method)
-    report = make_ensemble(spec, found.studies, data, open_artifacts(artifacts), config=config)
-    target = target_name(spec.data)
-    manifest = export_bundle(report, data, out_dir, force=force, target=target)
-    row = report.leaderboard.ensemble_row()
-    log(
-        f"{spec.name}: {report.method} ensemble of {len(manifest.members)} members, "
-        f"test {manifest.metric} {row.test_metric:.4f}"
+    found, report = ensemble_stored(
+        _stored(name, storage), open_artifacts(artifacts), method=method
     )
+    target = target_name(found.spec.data)
+    manifest = export_bundle(report, found.data, out_dir, force=force, target=target)
+    test = report.leaderboard.ensemble_row().test_metric
+    log(f"{found.name}: {report.method} ensemble of {len(manifest.members)} members, "
+        f"test {manifest.metric} {test:.4f}")  # fmt: skip
     out.print(str(out_dir), highlight=False, soft_wrap=True)
 
 

@@ -26,13 +26,12 @@ import optuna
 import safetensors
 import safetensors.torch
 import torch
-import xgboost as xgb
 from pydantic import ValidationError
 
 from hpo import stored
 from hpo.data import Dataset
 from hpo.errors import HpoError
-from hpo.members import GBMMember, Member, NNMember, combine
+from hpo.members import MODEL_ERRORS, GBMMember, Member, NNMember, combine
 from hpo.metrics import (
     HIGHER_IS_BETTER,
     MetricName,
@@ -48,12 +47,13 @@ from hpo.metrics import (
 )
 from hpo.model import MLPSpec
 from hpo.sanity import check_studies_have_values, check_useful
-from hpo.spec import EnsembleConfig, StudySpec
+from hpo.spec import EnsembleConfig, StudySpec, check_overrides
 from hpo.stored import (
     Kind,
     Leaderboard,
     LeaderboardRow,
     NoSkill,
+    StoredStudy,
     best_trials,
     outside_current_space,
     store_leaderboard,
@@ -141,30 +141,45 @@ def read_artifact(
         ) from None
 
 
-def load_nn_member(
+def load_member(
+    kind: Kind,
     trial: optuna.trial.FrozenTrial,
     study_name: str,
     artifacts: optuna.artifacts.FileSystemArtifactStore,
     data: Dataset,
-) -> NNMember:
+) -> Member:
+    """The saved model of ``trial`` in study ``study_name`` (a ``kind`` study), ready to
+    predict on ``data``'s views.
+
+    Raises:
+        HpoError: no saved model, not in the artifact store, or not readable.
+    """
     raw = read_artifact(artifacts, study_name, trial)
     try:
-        return NNMember.from_state_dict(
-            trial.number,
-            MLPSpec.from_dict(trial.user_attrs[stored.MLP_SPEC]),
-            read_weights(raw, trial.user_attrs.get(stored.ARTIFACT_FORMAT)),
-            task=data.task,
-            n_features=data.n_features,
-            n_classes=len(data.classes or []),
-            y_mean=data.y_mean,
-            y_std=data.y_std,
-            embedding_sizes=data.embedding_sizes,
-        )
-    except (RuntimeError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as e:
+        return _nn_member(trial, raw, data) if kind == "nn" else _gbm_member(trial, raw, data)
+    except MODEL_ERRORS as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HpoError(
             f"{study_name}: cannot load the model of trial {trial.number}: {first}"
         ) from None
+
+
+def _nn_member(trial: optuna.trial.FrozenTrial, raw: bytes, data: Dataset) -> NNMember:
+    return NNMember.from_state_dict(
+        trial.number,
+        MLPSpec.from_dict(trial.user_attrs[stored.MLP_SPEC]),
+        read_weights(raw, trial.user_attrs.get(stored.ARTIFACT_FORMAT)),
+        task=data.task,
+        n_features=data.n_features,
+        n_classes=len(data.classes or []),
+        y_mean=data.y_mean,
+        y_std=data.y_std,
+        embedding_sizes=data.embedding_sizes,
+    )
+
+
+def _gbm_member(trial: optuna.trial.FrozenTrial, raw: bytes, data: Dataset) -> GBMMember:
+    return GBMMember.from_bytes(trial.number, raw, task=data.task)
 
 
 def read_weights(raw: bytes, artifact_format: str | None) -> dict[str, torch.Tensor]:
@@ -173,24 +188,6 @@ def read_weights(raw: bytes, artifact_format: str | None) -> dict[str, torch.Ten
         return safetensors.torch.load(raw)
     # weights_only: a tensor dict, never arbitrary pickled objects.
     return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-
-
-def load_gbm_member(
-    trial: optuna.trial.FrozenTrial,
-    study_name: str,
-    artifacts: optuna.artifacts.FileSystemArtifactStore,
-    data: Dataset,
-) -> GBMMember:
-    raw = read_artifact(artifacts, study_name, trial)
-    try:
-        return GBMMember.from_bytes(trial.number, raw, task=data.task)
-    except xgb.core.XGBoostError:
-        raise HpoError(
-            f"{study_name}: the model of trial {trial.number} is not an XGBoost model"
-        ) from None
-
-
-MEMBER_LOADERS: dict[Kind, Callable[..., Member]] = {"nn": load_nn_member, "gbm": load_gbm_member}
 
 
 def build_ensemble(
@@ -221,7 +218,7 @@ def build_ensemble(
             "(none has run yet, or every one was pruned or failed)"
         )
     members: list[Member] = [
-        MEMBER_LOADERS[kind](t, studies[kind].study_name, artifacts, data)
+        load_member(kind, t, studies[kind].study_name, artifacts, data)
         for kind, ts in chosen.items()
         for t in ts
     ]
@@ -334,6 +331,30 @@ def make_ensemble(
     if require_useful:
         check_useful(spec.name, report.leaderboard)
     return report
+
+
+def ensemble_stored(
+    found: StoredStudy,
+    artifacts: optuna.artifacts.FileSystemArtifactStore,
+    *,
+    require_useful: bool = True,
+    **overrides: Any,
+) -> tuple[StoredStudy, EnsembleReport]:
+    """The ensemble of a study read back from storage, with command-line ``overrides`` of
+    its spec's ensemble settings (``None`` keeps the spec's), built and stored.
+
+    Raises:
+        HpoError: a bad override, data that changed, or (``require_useful``) no model
+            worth using.
+    """
+    spec = found.spec
+    check_overrides(spec, **{k: v for k, v in overrides.items() if k != "method"})
+    config = ensemble_config(spec, **overrides)
+    data, studies = found.data, found.studies
+    report = make_ensemble(
+        spec, studies, data, artifacts, config=config, require_useful=require_useful
+    )
+    return found, report
 
 
 def ensemble_config(spec: StudySpec, **overrides: Any) -> EnsembleConfig:

@@ -22,8 +22,8 @@ from hpo.metrics import recorded_metrics, scores
 from hpo.parallel import INTERRUPTS
 from hpo.search_space import suggest
 from hpo.spec import GBMSpace, StudySpec, Task
-from hpo.storage import MODEL_MIMETYPE, save_trial_results
-from hpo.study import Baseline, Family, PrunerSteps
+from hpo.storage import save_trial_results
+from hpo.study import ArtifactStore, Baseline, Family, PrunerSteps, TrialObjective
 from hpo.threads import choose_threads
 from hpo.train import pick_device
 
@@ -99,19 +99,13 @@ class _InterruptCheck(xgb.callback.TrainingCallback):
         return False
 
 
-class GBMObjective:
+class GBMObjective(TrialObjective):
     """One trial: suggest, boost with early stopping and pruning, keep the model and metrics."""
 
-    def __init__(
-        self,
-        spec: StudySpec,
-        data: Dataset,
-        artifacts: optuna.artifacts.FileSystemArtifactStore,
-        *,
-        device: str | None = None,
-    ) -> None:
-        self.spec, self.data, self.artifacts = spec, data, artifacts
-        self.device = device or xgb_device()
+    default_device = staticmethod(xgb_device)
+
+    def __init__(self, spec: StudySpec, data: Dataset, artifacts: ArtifactStore, **kw: Any):
+        super().__init__(spec, data, artifacts, **kw)
         # Binned once per process and reused by every trial (hist needs quantiles only once).
         # A table's own view keeps NaN and carries category codes as native categoricals.
         types = data.gbm_feature_types
@@ -192,14 +186,8 @@ class GBMObjective:
                 f"xgboost {best_iteration + 1} rounds, depth {params['max_depth']}"
             ),
         }
-        save_trial_results(
-            trial,
-            self.artifacts,
-            filename=f"gbm-trial-{trial.number}.ubj",
-            model_bytes=bytes(model.to_bytes()),
-            mimetype=MODEL_MIMETYPE,
-            attrs=attrs,
-        )
+        name = f"gbm-trial-{trial.number}.ubj"
+        save_trial_results(trial, self.artifacts, name, bytes(model.to_bytes()), attrs)
 
 
 class GBMFamily(Family):

@@ -16,12 +16,23 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import safetensors
 import torch
 import xgboost as xgb
 
 from hpo.model import MLPSpec, build_mlp
 from hpo.spec import Task
 from hpo.train import predict_raw, to_prediction
+
+# What a damaged or foreign model file raises while a member is built from it.
+MODEL_ERRORS = (
+    RuntimeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    safetensors.SafetensorError,
+    xgb.core.XGBoostError,
+)
 
 MemberKind = Literal["nn", "gbm"]
 

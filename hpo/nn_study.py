@@ -8,30 +8,20 @@ import optuna
 import safetensors.torch
 
 from hpo import stored
-from hpo.data import Dataset
 from hpo.model import MLPSpec
 from hpo.parallel import INTERRUPTS
 from hpo.search_space import suggest
 from hpo.spec import StudySpec
-from hpo.storage import MODEL_MIMETYPE, save_trial_results
-from hpo.study import Baseline, Family, PrunerSteps
+from hpo.storage import save_trial_results
+from hpo.study import Baseline, Family, PrunerSteps, TrialObjective
 from hpo.threads import configure_threads
 from hpo.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
 
 
-class NNObjective:
+class NNObjective(TrialObjective):
     """One trial: suggest, build the MLP spec, train with pruning, keep weights and metrics."""
 
-    def __init__(
-        self,
-        spec: StudySpec,
-        data: Dataset,
-        artifacts: optuna.artifacts.FileSystemArtifactStore,
-        *,
-        device: str | None = None,
-    ) -> None:
-        self.spec, self.data, self.artifacts = spec, data, artifacts
-        self.device = device or pick_device()
+    default_device = staticmethod(pick_device)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec.nn.search_space)
@@ -84,14 +74,8 @@ class NNObjective:
         }
         # safetensors, as in a bundle: loading it runs no pickle (old studies hold .pt files).
         weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-        save_trial_results(
-            trial,
-            self.artifacts,
-            filename=f"nn-trial-{trial.number}.safetensors",
-            model_bytes=safetensors.torch.save(weights),
-            mimetype=MODEL_MIMETYPE,
-            attrs=attrs,
-        )
+        name = f"nn-trial-{trial.number}.safetensors"
+        save_trial_results(trial, self.artifacts, name, safetensors.torch.save(weights), attrs)
 
 
 class NNFamily(Family):

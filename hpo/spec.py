@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -81,32 +81,43 @@ def _pin_choice(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
-class FloatRange(_Frozen):
+class _Range(_Frozen):
+    """A numeric dimension from ``low`` to ``high``, on a log scale with ``log``."""
+
+    if TYPE_CHECKING:  # declared by each subclass, in the order its YAML is written
+        low: float
+        high: float
+        log: bool
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        self._check_low()
+        return self
+
+    def _check_low(self) -> None:
+        """Refuse a ``low`` the dimension cannot take."""
+
+
+class FloatRange(_Range):
     low: float
     high: float
     log: bool = False
 
-    @model_validator(mode="after")
-    def _check(self) -> FloatRange:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+    def _check_low(self) -> None:
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
-        return self
 
 
-class IntRange(_Frozen):
+class IntRange(_Range):
     low: int
     high: int
     log: bool = False
 
-    @model_validator(mode="after")
-    def _check(self) -> IntRange:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+    def _check_low(self) -> None:
         if self.low < 1:
             raise ValueError("must be at least 1")
-        return self
 
 
 FloatDim = Annotated[FloatRange, BeforeValidator(_pin_number)]

@@ -247,11 +247,10 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
 def save_trial_results(
     trial: optuna.Trial,
     artifacts: FileSystemArtifactStore,
-    *,
     filename: str,
     model_bytes: bytes,
-    mimetype: str,
     attrs: dict[str, Any],
+    mimetype: str = MODEL_MIMETYPE,
 ) -> None:
     """Upload a trial's model file to the artifact store, then write its user attrs
     (``artifact_id`` among them): the attrs never name a file that is not there."""

@@ -34,6 +34,29 @@ TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 ArtifactStore = optuna.artifacts.FileSystemArtifactStore
 
 
+class TrialObjective(ABC):
+    """A family's Optuna objective, made once per process: ``__call__`` runs one trial."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        data: Dataset,
+        artifacts: ArtifactStore,
+        *,
+        device: str | None = None,
+    ) -> None:
+        self.spec, self.data, self.artifacts = spec, data, artifacts
+        self.device = device or self.default_device()
+
+    @staticmethod
+    @abstractmethod
+    def default_device() -> str:
+        """Where trials train unless told (``cuda`` when there is one)."""
+
+    @abstractmethod
+    def __call__(self, trial: optuna.Trial) -> float: ...
+
+
 @dataclass(frozen=True)
 class Baseline:
     """A trial enqueued once when a study is made: fixed params, and user attrs to carry."""

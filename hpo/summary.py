@@ -6,13 +6,19 @@ output does not come through here: it prints :func:`hpo.stored.trial_summary` ex
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import optuna
+from rich.console import RenderableType
 from rich.table import Table
 
 from hpo import stored
 from hpo.stored import Leaderboard, best_trials, objective_name, study_metric
+
+if TYPE_CHECKING:
+    from hpo.launch import WorkerShare
+    from hpo.spec import StudySpec
 
 DIGITS = 4  # decimals of a score in tables and lines
 
@@ -87,6 +93,24 @@ def best_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     metrics = stored.trial_summary(trial)["metrics"]
     shown = f" ({fmt_mapping(metrics)})" if metrics else ""
     return f"Best trial #{trial.number}: {objective_name(study)} {fmt(trial.value)}{shown}"
+
+
+def run_summary(
+    spec: StudySpec, studies: Iterable[optuna.Study], leaderboard: Leaderboard
+) -> list[RenderableType]:
+    """What ``hpo run`` prints: each study's best trials and best line, then the leaderboard."""
+    shown: list[RenderableType] = []
+    for study in studies:
+        ranked = best_trials(study, 1)  # inside the current search space
+        if ranked:
+            shown += [trials_table(study), best_line(study, ranked[0])]
+    return [*shown, leaderboard_table(spec.name, leaderboard, spec.ensemble.method)]
+
+
+def worker_line(share: WorkerShare) -> str:
+    """``digits-nn: 40/40 finished trials, 11 run by this worker``."""
+    done = f"{share.finished}/{share.target} finished trials"
+    return f"{share.study_name}: {done}, {share.mine} run by this worker"
 
 
 def best_lines(study_name: str, summary: dict[str, Any]) -> list[str]:

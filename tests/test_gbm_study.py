@@ -12,7 +12,7 @@ from conftest import TINY_SPEC
 from optuna.trial import TrialState
 
 from hpo.data import load_dataset
-from hpo.ensemble import load_gbm_member
+from hpo.ensemble import load_member
 from hpo.errors import HpoError
 from hpo.gbm_study import GBM, GBMObjective, baseline_params, xgb_params
 from hpo.metrics import score
@@ -45,7 +45,7 @@ def test_gbm_trials_keep_models_that_reproduce_their_metrics(workdir: Path) -> N
         assert 1 <= attrs["n_estimators_used"] == attrs["best_iteration"] + 1 <= 30
         assert attrs["rounds_run"] >= attrs["n_estimators_used"]
         # The saved model holds exactly the trees it was scored with.
-        member = load_gbm_member(trial, study.study_name, artifacts, data)
+        member = load_member("gbm", trial, study.study_name, artifacts, data)
         assert member.booster.num_boosted_rounds() == attrs["n_estimators_used"]
         proba = member.predict(data.val.x)
         assert proba.shape == (len(data.val.y), 10)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import Result
 
 import hpo
-from hpo.ensemble import greedy_weights, load_gbm_member, load_nn_member
+from hpo.ensemble import greedy_weights, load_member
 from hpo.metrics import (
     constant_prediction,
     recorded_metrics,
@@ -180,8 +180,7 @@ def test_binary_runs_record_and_show_roc_auc(
         # Both objectives are the log loss of the saved model on validation: the NN's
         # binary cross-entropy and XGBoost's logloss are one quantity.
         stored = StoredStudy.open("tiny", open_storage(must_exist=True))
-        load = load_nn_member if kind == "nn" else load_gbm_member
-        member = load(top, f"tiny-{kind}", open_artifacts(), stored.data)
+        member = load_member(kind, top, f"tiny-{kind}", open_artifacts(), stored.data)
         pred = member.predict(stored.data.val.x)
         assert validation_loss("binary", pred, stored.data.val.y) == pytest.approx(
             top.value, rel=1e-3

@@ -9,7 +9,6 @@ import pytest
 
 from hpo.errors import HpoError
 from hpo.storage import (
-    MODEL_MIMETYPE,
     new_sqlite_file,
     open_artifacts,
     open_storage,
@@ -46,10 +45,9 @@ def test_model_files_carry_a_content_type(workdir: Path) -> None:
     save_trial_results(
         trial,
         artifacts,
-        filename="nn-trial-0.safetensors",
-        model_bytes=b"weights",
-        mimetype=MODEL_MIMETYPE,
-        attrs={"val_loss": 0.5},
+        "nn-trial-0.safetensors",
+        b"weights",
+        {"val_loss": 0.5},
     )
     study.tell(trial, 0.5)
     (meta,) = optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage)
