@@ -63,6 +63,9 @@ WorkersOpt = Annotated[int, typer.Option(min=1, help="Local worker processes, th
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads [default: all]")]
 HostOpt = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface)")]
 PortOpt = Annotated[int, typer.Option(help="Port to listen on")]
+TopOpt = Annotated[int, typer.Option(help="Rows in the best-trials table")]
+_REPORT_HELP = "HTML file to write [default: NAME-report.html]"
+ReportOpt = Annotated[Path | None, typer.Option("--out", help=_REPORT_HELP)]
 
 
 def user_errors(fn: F) -> F:
@@ -207,7 +210,7 @@ def _stored(name: str, storage: str | None) -> StoredStudy:
 def status(
     name: NameArg,
     storage: StorageOpt = None,
-    top: Annotated[int, typer.Option(help="Rows in the best-trials table")] = 5,
+    top: TopOpt = 5,
 ) -> None:
     """Trial counts by state, the best value, and a table of the best trials."""
     from hpo.summary import status_line, trials_table
@@ -228,8 +231,7 @@ def best(name: NameArg, storage: StorageOpt = None, as_json: JsonOpt = False) ->
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
     for study_name, summary in result.items():
-        for line in best_lines(study_name, summary):
-            out.print(line, highlight=False)
+        out.print(*best_lines(study_name, summary), sep="\n", highlight=False)
 
 
 @app.command()
@@ -237,10 +239,8 @@ def best(name: NameArg, storage: StorageOpt = None, as_json: JsonOpt = False) ->
 def dashboard(
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
-    host: Annotated[
-        str, typer.Option(help="Address; 0.0.0.0 exposes it to the network")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
 ) -> None:
     """optuna-dashboard on the storage, with trial model files from the artifact store.
 
@@ -276,17 +276,14 @@ def ensemble(
     if as_json:
         sys.stdout.write(json.dumps(report.leaderboard.to_json(), indent=2) + "\n")
         return
-    spec = found.spec
-    out.print(leaderboard_table(spec.name, report.leaderboard, spec.ensemble.method))
+    out.print(leaderboard_table(found.name, report.leaderboard, found.spec.ensemble.method))
 
 
 @app.command()
 @user_errors
 def report(
     name: NameArg,
-    out_path: Annotated[
-        Path | None, typer.Option("--out", help="HTML file to write [default: NAME-report.html]")
-    ] = None,
+    out_path: ReportOpt = None,
     storage: StorageOpt = None,
 ) -> None:
     """One self-contained HTML file with the plots of the study (and its ensemble)."""

@@ -178,7 +178,7 @@ class GBMObjective(TrialObjective):
             split = getattr(self.data, part)
             attrs |= scores(names, part, model.predict(self.data.view("gbm", part)), split.y)
         attrs |= {
-            "n_estimators_used": best_iteration + 1,
+            stored.ROUNDS_USED: best_iteration + 1,
             "best_iteration": best_iteration,
             "rounds_run": rounds_run,
             stored.TRAIN_SECONDS: round(seconds, 3),

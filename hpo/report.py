@@ -151,15 +151,15 @@ def _facts_table(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) 
     attrs = study.user_attrs
     counts = ", ".join(f"{k.lower()} {v}" for k, v in state_counts(study).items()) or "none"
     rows: list[tuple[str, str]] = [
-        ("dataset", str(attrs.get("dataset", "?"))),
-        ("task", str(attrs.get("task", "?"))),
+        ("dataset", str(attrs.get(stored.DATASET, "?"))),
+        ("task", str(attrs.get(stored.TASK, "?"))),
         ("trials", counts),
     ]
-    if "split_sizes" in attrs:
-        train, val, test = attrs["split_sizes"]
+    if stored.SPLIT_SIZES in attrs:
+        train, val, test = attrs[stored.SPLIT_SIZES]
         rows.append(("rows", f"train {train}, validation {val}, test {test}"))
-    if "spec_hash" in attrs:
-        rows.append(("spec hash", f"<code>{_esc(attrs['spec_hash'])}</code>"))
+    if stored.SPEC_HASH in attrs:
+        rows.append(("spec hash", f"<code>{_esc(attrs[stored.SPEC_HASH])}</code>"))
     if complete:
         best = study.best_trial
         metrics = ", ".join(
@@ -171,8 +171,8 @@ def _facts_table(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) 
                 f"{best.value:.4f} (trial {best.number}{'; ' + metrics if metrics else ''})",
             )
         )
-        if "architecture" in best.user_attrs:
-            rows.append(("best architecture", str(best.user_attrs["architecture"])))
+        if stored.ARCHITECTURE in best.user_attrs:
+            rows.append(("best architecture", str(best.user_attrs[stored.ARCHITECTURE])))
         params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in best.params.items())
         rows.append(("best params", params))
     cells = "".join(
