@@ -124,6 +124,25 @@ def busy_machine(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def predict_memory(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Predict memory** (`python benchmarks/predict_memory.py`; `hpo predict --proba` on "
+        f"a {r['features']}-column CSV, a {r['task'].split()[0]} bundle; before: {r['before']}, "
+        "which read the whole file)",
+        "",
+        "| rows | CSV (MB) | peak RSS before (MB) | peak RSS now (MB) | s before | s now "
+        "| same output |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['rows']:,} | {row['csv_mb']} | {row['before_peak_rss_mb']} | "
+            f"{row['after_peak_rss_mb']} | {row['before_s']} | {row['after_s']} | "
+            f"{'yes' if row['same_output'] else 'no'} |"
+        )
+    return lines
+
+
 def generic(r: dict[str, Any]) -> list[str]:
     """Any other result: its rows as a table, keys as columns."""
     rows = r.get("rows", [])
@@ -143,6 +162,7 @@ FORMATS = {
     "end_to_end": end_to_end,
     "workers_scaling": workers_scaling,
     "busy_machine": busy_machine,
+    "predict_memory": predict_memory,
 }
 
 

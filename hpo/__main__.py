@@ -1,3 +1,3 @@
-from hpo.cli import main
+from hpo.onnx_cli import main
 
 main()

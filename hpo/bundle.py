@@ -2,8 +2,13 @@
 
 No pickle anywhere, so a bundle from a stranger cannot run code: NN members are
 safetensors (plus their MLP spec in the manifest), GBM members XGBoost UBJSON models, the
-rest JSON. The manifest holds the sha256 of every member file; loading checks each one,
-the format version and the manifest schema before it builds a single model.
+rest JSON. The manifest holds the sha256 and byte size of every member file.
+
+Loading trusts nothing it has not checked: every file is a regular file of the bundle
+folder (no link, device or FIFO: see :mod:`hpo.untrusted`) of the size the manifest
+records, the manifest itself is size- and depth-limited, and each network's declared
+shapes are compared with the tensor shapes in its safetensors header before a network is
+built, so a small bundle cannot make the loader allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -30,11 +36,13 @@ from hpo import __version__
 from hpo.data import Dataset
 from hpo.ensemble import EnsembleReport
 from hpo.errors import HpoError
-from hpo.members import GBMMember, Member, NNMember
+from hpo.members import MODEL_ERRORS, GBMMember, Member, NNMember, n_outputs, state_shapes
 from hpo.metrics import MetricName
 from hpo.model import MLPSpec
 from hpo.preprocess import Preprocessor
 from hpo.spec import DataSpec, Task
+from hpo.stored import StoredStudy
+from hpo.untrusted import load_json, read_regular_file
 
 FORMAT = "hpo-ensemble"
 FORMAT_VERSION = 2  # 2: the fitted preprocessing (tables) replaced the scaler
@@ -44,6 +52,12 @@ PACKAGES = ("numpy", "torch", "safetensors", "xgboost", "optuna", "scikit-learn"
 # A plain file name: no folders, no "..", so a manifest cannot point outside its bundle.
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+MANIFEST_MAX_BYTES = 16 * 2**20
+MANIFEST_MAX_DEPTH = 32  # a real manifest nests 6 levels (members.0.mlp_spec.layers.0.width)
+FILE_MAX_BYTES = 4 * 2**30  # one member file (the largest network a bundle may hold)
+SAFETENSORS_HEADER_MAX_BYTES = 16 * 2**20
+MAX_MODEL_INPUTS = 2**20  # columns of the matrix the preprocessing makes for one row
 
 
 class _Strict(BaseModel):
@@ -56,6 +70,13 @@ class TargetParams(_Strict):
     name: str | None = None
     mean: float = 0.0
     std: float = 1.0
+
+
+class BundleFile(_Strict):
+    """What the manifest records of one file: checked before the file is read."""
+
+    sha256: Sha256
+    size: int = Field(ge=0, le=FILE_MAX_BYTES, description="bytes")
 
 
 class MemberMetrics(_Strict):
@@ -102,7 +123,7 @@ class Manifest(_Strict):
     members: list[ManifestMember] = Field(min_length=1)
     leaderboard: list[dict[str, Any]]
     versions: dict[str, str]
-    files: dict[FileName, Sha256]
+    files: dict[FileName, BundleFile]
     created: str
 
     @model_validator(mode="after")
@@ -116,6 +137,11 @@ class Manifest(_Strict):
             raise ValueError(f"preprocessing is not a valid fitted preprocessing: {e}") from None
         if pre.feature_names != self.feature_names:
             raise ValueError("preprocessing.feature_names differ from feature_names")
+        width = len(pre.nn_feature_names)
+        if width > MAX_MODEL_INPUTS:
+            raise ValueError(
+                f"preprocessing makes {width} model inputs, above the limit {MAX_MODEL_INPUTS}"
+            )
         if self.task == "regression" and self.classes is not None:
             raise ValueError("a regression bundle has no classes")
         if self.task != "regression" and (
@@ -209,6 +235,20 @@ def _replaceable_files(out: Path) -> set[str]:
     return listed
 
 
+def export_stored(
+    found: StoredStudy, report: EnsembleReport, out: Path, *, force: bool, fmt: str = "bundle"
+) -> Manifest:
+    """``hpo export``: the ensemble of a study read back from storage, as a bundle; with
+    ``fmt`` ``onnx`` plus its ``model.onnx`` (needs the onnx extra)."""
+    extra: dict[str, bytes] = {}
+    if fmt != "bundle":
+        from hpo.onnx_export import onnx_files
+
+        extra = onnx_files(report, found.data, fmt)
+    target = target_name(found.spec.data)
+    return export_bundle(report, found.data, out, force=force, target=target, extra_files=extra)
+
+
 def export_bundle(
     report: EnsembleReport,
     data: Dataset,
@@ -216,6 +256,7 @@ def export_bundle(
     *,
     force: bool = False,
     target: str | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Manifest:
     """Write the report's ensemble (its own method) to ``out``; members of weight 0 are left out.
 
@@ -251,6 +292,7 @@ def export_bundle(
                 "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
             }
         )
+    files.update(extra_files or {})  # model.onnx (hpo.onnx_export): checked like the others
     manifest = Manifest.model_validate(
         {
             "format": FORMAT,
@@ -267,7 +309,9 @@ def export_bundle(
             "members": members,
             "leaderboard": report.leaderboard.to_json()["rows"],
             "versions": package_versions(),
-            "files": {name: _sha256(raw) for name, raw in files.items()},
+            "files": {
+                name: {"sha256": _sha256(raw), "size": len(raw)} for name, raw in files.items()
+            },
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     )
@@ -320,24 +364,23 @@ def _remove_old_bundle(old: Path, names: set[str]) -> None:
 
 
 def read_manifest(path: Path) -> Manifest:
-    """Read and validate ``manifest.json``: format, version first, then the whole schema.
+    """Read and validate ``manifest.json``: size, depth, format, version, then the schema.
 
     Raises:
-        HpoError: missing, not JSON, another format, an unknown version, or a malformed schema.
+        HpoError: missing, no regular file, too large or deep, not JSON, another format,
+            an unknown version, or a malformed schema.
     """
     file = path / MANIFEST
     if not path.is_dir():
         raise HpoError(f"{path}: no such bundle directory")
-    try:
-        raw = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise HpoError(f"{path}: not a bundle (no {MANIFEST})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise HpoError(f"{file}: cannot read the manifest ({e})") from None
-    except json.JSONDecodeError as e:
-        raise HpoError(
-            f"{file}: malformed manifest (not JSON: {e.msg} at line {e.lineno})"
-        ) from None
+    if not os.path.lexists(file):
+        raise HpoError(f"{path}: not a bundle (no {MANIFEST})")
+    raw = load_json(
+        read_regular_file(file, limit=MANIFEST_MAX_BYTES),
+        file,
+        max_depth=MANIFEST_MAX_DEPTH,
+        what="malformed manifest",
+    )
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise HpoError(f"{file}: malformed manifest (not an {FORMAT} manifest)")
     version = raw.get("format_version")
@@ -356,7 +399,8 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def load_bundle(path: str | Path) -> LoadedBundle:
-    """Check and load a bundle: manifest, every file's sha256, then the member models.
+    """Check and load a bundle: manifest, every file's kind, size and sha256, each
+    network's shapes, then the member models.
 
     Raises:
         HpoError: in one line, naming the file and what is wrong.
@@ -364,12 +408,9 @@ def load_bundle(path: str | Path) -> LoadedBundle:
     path = Path(path)
     manifest = read_manifest(path)
     raws: dict[str, bytes] = {}
-    for name, expected in manifest.files.items():
-        try:
-            raw = (path / name).read_bytes()
-        except OSError as e:
-            raise HpoError(f"{path / name}: cannot read a bundle file ({e.strerror})") from None
-        if _sha256(raw) != expected:
+    for name, recorded in manifest.files.items():
+        raw = read_regular_file(path / name, limit=FILE_MAX_BYTES, exact_size=recorded.size)
+        if _sha256(raw) != recorded.sha256:
             raise HpoError(
                 f"{path / name}: checksum mismatch (the file changed after export); "
                 "refusing to load the bundle"
@@ -388,30 +429,105 @@ def load_bundle(path: str | Path) -> LoadedBundle:
 def _load_member(
     member: ManifestMember, raw: bytes, manifest: Manifest, pre: Preprocessor, path: Path
 ) -> Member:
+    file = path / member.file
     try:
         if member.kind == "nn":
             assert member.mlp_spec is not None
+            spec = MLPSpec.from_dict(member.mlp_spec)
+            n_features = len(pre.nn_feature_names)
+            n_out = n_outputs(manifest.task, len(manifest.classes or []))
+            _check_shapes(member, spec, _stored_shapes(raw, file), n_features, n_out, pre, file)
             return NNMember.from_state_dict(
                 member.trial,
-                MLPSpec.from_dict(member.mlp_spec),
+                spec,
                 safetensors.torch.load(raw),
                 task=manifest.task,
-                n_features=len(pre.nn_feature_names),
+                n_features=n_features,
                 n_classes=len(manifest.classes or []),
                 y_mean=manifest.target.mean,
                 y_std=manifest.target.std,
                 embedding_sizes=pre.embedding_sizes,
             )
-        return GBMMember.from_bytes(member.trial, raw, task=manifest.task)
-    except (
-        RuntimeError,
-        ValueError,
-        KeyError,
-        TypeError,
-        safetensors.SafetensorError,
-        xgb.core.XGBoostError,
-    ) as e:
+        gbm = GBMMember.from_bytes(member.trial, raw, task=manifest.task)
+        own = len(pre.numeric) + len(pre.categorical)
+        expected = own if pre.gbm_own_view else len(pre.nn_feature_names)
+        if gbm.booster.num_features() != expected:
+            raise ValueError(
+                f"the model reads {gbm.booster.num_features()} features, "
+                f"the preprocessing makes {expected}"
+            )
+        return gbm
+    except MODEL_ERRORS as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HpoError(f"{file}: cannot load {member.kind}#{member.trial}: {first}") from None
+
+
+def _stored_shapes(raw: bytes, file: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header (8-byte length, then JSON), read bounded.
+
+    Raises:
+        HpoError: the header is missing, too long, not JSON or has no valid shapes.
+    """
+    if len(raw) < 8:
+        raise HpoError(f"{file}: not a safetensors file (shorter than its header)")
+    size = int.from_bytes(raw[:8], "little")
+    if size > min(len(raw) - 8, SAFETENSORS_HEADER_MAX_BYTES):
+        raise HpoError(f"{file}: not a safetensors file (its header is longer than the file)")
+    header = load_json(raw[8 : 8 + size], file, max_depth=4, what="not a safetensors file")
+    if not isinstance(header, dict):
+        raise HpoError(f"{file}: not a safetensors file (its header is no JSON object)")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise HpoError(f"{file}: not a safetensors file (tensor {key!r} has no valid shape)")
+        shapes[key] = tuple(shape)
+    return shapes
+
+
+def _check_shapes(
+    member: ManifestMember,
+    spec: MLPSpec,
+    stored: dict[str, tuple[int, ...]],
+    n_features: int,
+    n_out: int,
+    pre: Preprocessor,
+    file: Path,
+) -> None:
+    """The network the manifest declares must hold exactly the stored tensors' shapes.
+
+    Checked on PyTorch's meta device (shapes, no memory), after two cheap bounds that keep
+    even that small: no more layers than stored tensors, no width above the largest stored
+    dimension of a non-empty tensor (safetensors checks that the data is all in the file).
+
+    Raises:
+        HpoError: a declared size that the stored weights do not have (the first one named).
+    """
+    name = f"nn#{member.trial}"
+    largest = max((max(s) for s in stored.values() if s and math.prod(s) > 0), default=0)
+    sizes = [("width", layer.width) for layer in spec.layers]
+    if pre.embedding_sizes:
+        sizes.append(("embedding_dim", spec.embedding_dim))
+    for key, value in sizes:
+        if value > largest:
+            raise HpoError(
+                f"{file}: {name} declares {key} {value}, but no stored tensor has a dimension "
+                f"that large (largest {largest}); refusing to build it"
+            )
+    if len(spec.layers) > len(stored):
         raise HpoError(
-            f"{path / member.file}: cannot load {member.kind}#{member.trial}: {first}"
-        ) from None
+            f"{file}: {name} declares {len(spec.layers)} layers, but the file stores only "
+            f"{len(stored)} tensors; refusing to build it"
+        )
+    declared = state_shapes(spec, n_features, n_out, pre.embedding_sizes)
+    for key in sorted(declared.keys() | stored.keys()):
+        want, have = declared.get(key), stored.get(key)
+        if want != have:
+            raise HpoError(
+                f"{file}: {name} declares tensor {key} of shape {want}, the file stores "
+                f"{have}; refusing to build it"
+            )

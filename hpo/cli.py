@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from hpo import __version__
 from hpo.errors import HpoError
+from hpo.onnx_cli import BundleArg, OutputOpt, ProbaOpt
 from hpo.storage import mask_text, mask_url, open_artifacts, open_storage, storage_url
 from hpo.workers import quiet_optuna
 
@@ -65,6 +66,15 @@ HostOpt = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every
 PortOpt = Annotated[int, typer.Option(help="Port to listen on")]
 TopOpt = Annotated[int, typer.Option(help="Rows in the best-trials table")]
 _REPORT_HELP = "HTML file to write [default: NAME-report.html]"
+_INPUT_HELP = "Raw features: .csv or .parquet (columns by name), .npy or IDX"
+InputOpt = Annotated[Path, typer.Option("--input", help=_INPUT_HELP)]
+_ENGINE_HELP = "auto, native or onnx (auto: onnx without torch)"
+EngineOpt = Annotated[str, typer.Option("--engine", help=_ENGINE_HELP)]
+NNMembersOpt = Annotated[int | None, typer.Option(help="Best NN trials to use")]
+GBMMembersOpt = Annotated[int | None, typer.Option(help="Best GBM trials to use")]
+DatasetArg = Annotated[str, typer.Argument(help="mnist or fashion-mnist")]
+DirOpt = Annotated[Path, typer.Option("--dir", help="Where the dataset folder goes")]
+FormatOpt = Annotated[str, typer.Option("--format", help="bundle, or onnx: plus model.onnx")]
 ReportOpt = Annotated[Path | None, typer.Option("--out", help=_REPORT_HELP)]
 
 
@@ -180,8 +190,7 @@ def storage_proxy(
     from hpo.workers import stop_on_sigterm
 
     stop_on_sigterm()
-    url = mask_url(storage_url(storage))
-    log(f"storage proxy for {url} on grpc://{host}:{port} (Ctrl-C stops it)")
+    log(f"storage proxy for {mask_url(storage_url(storage))} on grpc://{host}:{port}; Ctrl-C stops")
     try:
         serve_grpc_proxy(storage, host=host, port=port)
     except KeyboardInterrupt:
@@ -207,11 +216,7 @@ def _stored(name: str, storage: str | None) -> StoredStudy:
 
 @app.command()
 @user_errors
-def status(
-    name: NameArg,
-    storage: StorageOpt = None,
-    top: TopOpt = 5,
-) -> None:
+def status(name: NameArg, storage: StorageOpt = None, top: TopOpt = 5) -> None:
     """Trial counts by state, the best value, and a table of the best trials."""
     from hpo.summary import status_line, trials_table
 
@@ -254,17 +259,13 @@ def dashboard(
     serve_dashboard(store, open_artifacts(artifacts), host=host, port=port)
 
 
+# fmt: off
 @app.command()
 @user_errors
-def ensemble(
-    name: NameArg,
-    storage: StorageOpt = None,
-    artifacts: ArtifactsOpt = None,
-    method: MethodOpt = None,
-    nn_members: Annotated[int | None, typer.Option(help="Best NN trials to use")] = None,
-    gbm_members: Annotated[int | None, typer.Option(help="Best GBM trials to use")] = None,
-    as_json: JsonOpt = False,
-) -> None:
+def ensemble(name: NameArg, storage: StorageOpt = None, artifacts: ArtifactsOpt = None,
+             method: MethodOpt = None, nn_members: NNMembersOpt = None,
+             gbm_members: GBMMembersOpt = None, as_json: JsonOpt = False) -> None:
+    # fmt: on
     """Build the ensemble from the best saved trials, store and show its leaderboard."""
     from hpo.ensemble import ensemble_stored
     from hpo.summary import leaderboard_table
@@ -281,11 +282,7 @@ def ensemble(
 
 @app.command()
 @user_errors
-def report(
-    name: NameArg,
-    out_path: ReportOpt = None,
-    storage: StorageOpt = None,
-) -> None:
+def report(name: NameArg, out_path: ReportOpt = None, storage: StorageOpt = None) -> None:
     """One self-contained HTML file with the plots of the study (and its ensemble)."""
     from hpo.report import write_report
 
@@ -303,17 +300,16 @@ def export(
     artifacts: ArtifactsOpt = None,
     method: MethodOpt = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle at --out")] = False,
+    fmt: FormatOpt = "bundle",
 ) -> None:
     """Write the study's ensemble (the spec's method, or --method) as a self-contained bundle."""
-    from hpo.bundle import check_out_dir, export_bundle, target_name
+    from hpo.bundle import check_out_dir, export_stored
     from hpo.ensemble import ensemble_stored
 
     check_out_dir(out_dir, force=force)
-    found, report = ensemble_stored(
-        _stored(name, storage), open_artifacts(artifacts), method=method
-    )
-    target = target_name(found.spec.data)
-    manifest = export_bundle(report, found.data, out_dir, force=force, target=target)
+    stored, store = _stored(name, storage), open_artifacts(artifacts)
+    found, report = ensemble_stored(stored, store, method=method)
+    manifest = export_stored(found, report, out_dir, force=force, fmt=fmt)
     test = report.leaderboard.ensemble_row().test_metric
     log(f"{found.name}: {report.method} ensemble of {len(manifest.members)} members, "
         f"test {manifest.metric} {test:.4f}")  # fmt: skip
@@ -323,54 +319,30 @@ def export(
 @app.command()
 @user_errors
 def predict(
-    bundle: Annotated[Path, typer.Argument(metavar="DIR", help="Bundle directory (hpo export)")],
-    input_path: Annotated[
-        Path,
-        typer.Option(
-            "--input", help="Raw features: .csv or .parquet (columns by name), .npy or IDX"
-        ),
-    ],
-    output: Annotated[
-        Path | None, typer.Option("--output", help="CSV to write [default: stdout]")
-    ] = None,
-    proba: Annotated[
-        bool, typer.Option("--proba", help="Add one probability column per class")
-    ] = False,
+    bundle: BundleArg,
+    input_path: InputOpt,
+    output: OutputOpt = None,
+    proba: ProbaOpt = False,
+    engine: EngineOpt = "auto",
 ) -> None:
-    """Predict with an exported bundle alone: no database, no artifact store."""
-    from hpo.estimator import EnsembleClassifier, load_ensemble
-    from hpo.predict_files import predictions_csv, read_features, write_text
-    from hpo.tables import Dialect
+    """Predict with an exported bundle alone (no database), in chunks: flat memory."""
+    from hpo.onnx_runtime import predict_with_engine
 
-    model = load_ensemble(bundle)
-    manifest = model.manifest_
-    if proba and not isinstance(model, EnsembleClassifier):
-        raise HpoError("--proba needs a classification bundle; this one is regression")
-    x = read_features(input_path, dialect=Dialect(**model.preprocessor_.read_options))
-    if isinstance(model, EnsembleClassifier):
-        probabilities = model.predict_proba(x)
-        labels = model.classes_[probabilities.argmax(axis=1)]
-        text = predictions_csv(
-            labels, probabilities=probabilities if proba else None, classes=manifest.classes
-        )
-    else:
-        text = predictions_csv(model.predict(x), probabilities=None, classes=None)
-    write_text(text, output)
+    if predict_with_engine(bundle, input_path, output, proba=proba, engine=engine):
+        return
+    from hpo.estimator import load_ensemble
+    from hpo.predict_files import predict_to_csv
+
+    predict_to_csv(load_ensemble(bundle), input_path, output, proba=proba)
 
 
 @data_app.command("fetch")
 @user_errors
-def data_fetch(
-    dataset: Annotated[str, typer.Argument(help="mnist or fashion-mnist")],
-    directory: Annotated[Path, typer.Option("--dir", help="Where the dataset folder goes")] = Path(
-        "data"
-    ),
-) -> None:
+def data_fetch(dataset: DatasetArg, directory: DirOpt = Path("data")) -> None:
     """Download the original gzipped IDX files (needs the internet)."""
     from hpo.idx import fetch
 
-    path = fetch(dataset, directory)
-    out.print(f"{dataset}: {path}")
+    out.print(f"{dataset}: {fetch(dataset, directory)}")
 
 
 def main() -> None:

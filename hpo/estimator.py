@@ -28,6 +28,15 @@ from sklearn.utils.validation import check_is_fitted
 from hpo.bundle import LoadedBundle, load_bundle
 from hpo.errors import InputError
 from hpo.members import Member, combine
+from hpo.untrusted import numeric_array
+
+# Values per block of rows predicted at once: memory stays flat, however many rows come.
+BLOCK_VALUES = 2**20
+
+
+def block_rows(width: int) -> int:
+    """Rows per block for a matrix ``width`` columns wide (about 4 MB of float32)."""
+    return max(1, BLOCK_VALUES // max(1, width))
 
 
 class _BundleEstimator(BaseEstimator):
@@ -50,32 +59,35 @@ class _BundleEstimator(BaseEstimator):
         self.preprocessor_ = bundle.preprocessor
         self.n_features_in_ = m.n_features
         self.feature_names_in_ = np.asarray(m.feature_names, dtype=object)
+        widest = max(m.n_features, len(bundle.preprocessor.nn_feature_names))
+        self.block_rows_ = block_rows(widest)
         return self
 
     def _combined(self, X: Any) -> np.ndarray:
+        """Checked once, then predicted in blocks of ``block_rows_`` rows."""
         check_is_fitted(self, "members_")
         if isinstance(X, pd.DataFrame):
-            views = self.preprocessor_.transform(self.preprocessor_.select_columns(X))
+            rows: pd.DataFrame | np.ndarray = self.preprocessor_.select_columns(X)
         else:
-            views = self.preprocessor_.transform(self._check_input(X))
+            rows = self._check_input(X)
+        step = self.block_rows_
+        if len(rows) <= step:
+            return self._predict_block(rows)
+        take = rows.iloc if isinstance(rows, pd.DataFrame) else rows
+        blocks = [take[i : i + step] for i in range(0, len(rows), step)]
+        return np.concatenate([self._predict_block(block) for block in blocks])
+
+    def _predict_block(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
+        views = self.preprocessor_.transform(rows)
         return combine([m.predict(views[m.kind]) for m in self.members_], self.weights_)
 
     def _check_input(self, X: Any) -> np.ndarray:
-        if self.preprocessor_.categorical:
-            raise InputError(
-                "this ensemble was trained on a table with category columns: pass a pandas "
-                f"DataFrame with the columns {', '.join(self.preprocessor_.feature_names)}"
-            )
-        try:
-            x = np.asarray(X, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InputError(
-                "X must be numeric (numbers only, no text or missing fields)"
-            ) from None
+        pre = self.preprocessor_
+        x = numeric_array(X, pre.feature_names, categorical=bool(pre.categorical), dtype=np.float64)
         if x.ndim != 2:
             raise InputError(f"X must be 2-D (n_samples, n_features), got shape {x.shape}")
         if x.shape[1] != self.n_features_in_:
-            names = self.feature_names_in_
+            names = list(self.feature_names_in_)
             raise InputError(
                 f"X has {x.shape[1]} features, but this ensemble expects {self.n_features_in_} "
                 f"({names[0]} ... {names[-1]})"

@@ -128,3 +128,16 @@ def combine(predictions: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
         if w:
             total += w * p
     return total
+
+
+def state_shapes(
+    spec: MLPSpec, n_features: int, n_out: int, embedding_sizes: Sequence[int] = ()
+) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the network's state dict, without allocating it.
+
+    The network is built on PyTorch's meta device: modules and shapes, no memory, so a
+    declared width can be checked against stored weights before anything is allocated.
+    """
+    with torch.device("meta"):
+        model = build_mlp(spec, n_features, n_out, embedding_sizes)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}

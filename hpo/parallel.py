@@ -140,17 +140,22 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def trials_with_heartbeat(storage: optuna.storages.BaseStorage, trial_ids: list[int]) -> set[int]:
-    """The trials among ``trial_ids`` that have a heartbeat row (their client beats).
+def heartbeat_ages(storage: optuna.storages.BaseStorage, trial_ids: list[int]) -> dict[int, float]:
+    """Seconds since the last heartbeat of each trial among ``trial_ids`` that has one.
 
     Optuna offers no public call for this; its heartbeat table is part of its RDB schema.
+    The age is taken on the database's clock, which wrote the heartbeat.
     """
     if not trial_ids or not isinstance(storage, optuna.storages.RDBStorage):
-        return set()
-    column = TrialHeartbeatModel.trial_id
+        return {}
+    model = TrialHeartbeatModel
+    query = sqlalchemy.select(model.trial_id, model.heartbeat).where(model.trial_id.in_(trial_ids))
     with storage.engine.connect() as connection:
-        rows = connection.execute(sqlalchemy.select(column).where(column.in_(trial_ids)))
-        return {row[0] for row in rows}
+        now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+        rows = connection.execute(query).all()
+    # As Optuna's own staleness check does: naive, so PostgreSQL's aware clock compares.
+    now = now.replace(tzinfo=None)
+    return {trial_id: max(0.0, (now - beat).total_seconds()) for trial_id, beat in rows}
 
 
 class StuckTrials:
@@ -164,22 +169,26 @@ class StuckTrials:
     epoch or boosting round, and so is not taken for stuck.
     """
 
-    def __init__(self, study: optuna.Study, grace_period: float, log: Callable[[str], None]):
-        self.study, self.grace_period, self.log = study, grace_period, log
+    def __init__(
+        self,
+        study: optuna.Study,
+        storage: optuna.storages.BaseStorage,
+        grace_period: float,
+        log: Callable[[str], None],
+    ):
+        # The storage as opened, not study._storage: Optuna wraps that in a cache.
+        self.study, self.storage, self.grace_period, self.log = study, storage, grace_period, log
         self.progress: dict[int, tuple[Any, float]] = {}  # trial id -> (progress, since)
         self.announced: list[int] = []
 
     def check(self) -> None:
         """Say what the worker waits for (when that changes) and fail stuck trials."""
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ages = heartbeat_ages(self.storage, [t._trial_id for t in running])
         numbers = [t.number for t in running]
         if numbers and numbers != self.announced:
-            listed = ", ".join(map(str, numbers))
-            self.log(
-                f"{self.study.study_name}: waiting for trial{'s' if len(numbers) > 1 else ''} "
-                f"{listed}, RUNNING in another process (one with no heartbeat that makes no "
-                f"progress for {self.grace_period:g} s is marked FAIL)"
-            )
+            waits = "; ".join(self._why(t, ages.get(t._trial_id)) for t in running)
+            self.log(f"{self.study.study_name}: waiting for {waits}")
         self.announced = numbers
         now = time.monotonic()
         for trial in running:
@@ -187,10 +196,23 @@ class StuckTrials:
             seen = self.progress.get(trial._trial_id)
             if seen is None or seen[0] != mark:
                 self.progress[trial._trial_id] = (mark, now)
-        beating = trials_with_heartbeat(self.study._storage, [t._trial_id for t in running])
         for trial in running:
-            if trial._trial_id not in beating and self._idle(trial, now):
+            if trial._trial_id not in ages and self._idle(trial, now):
                 self._fail(trial)
+
+    def _why(self, trial: FrozenTrial, heartbeat_age: float | None) -> str:
+        """What the wait for one trial hangs on, and how long it can last at most."""
+        grace = self.grace_period
+        if heartbeat_age is None:
+            return (
+                f"trial {trial.number}, RUNNING with no heartbeat (marked FAIL once it "
+                f"makes no progress for {grace:g} s)"
+            )
+        left = max(0.0, grace - heartbeat_age)
+        return (
+            f"trial {trial.number}, whose worker's last heartbeat was {heartbeat_age:.0f} s "
+            f"ago (if that worker died, the trial is failed and retried in at most {left:.0f} s)"
+        )
 
     def _idle(self, trial: FrozenTrial, now: float) -> bool:
         started = trial.datetime_start or datetime.now()
@@ -199,7 +221,7 @@ class StuckTrials:
 
     def _fail(self, trial: FrozenTrial) -> None:
         try:
-            self.study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # it finished (or another worker failed it) meanwhile
         self.log(
@@ -238,7 +260,7 @@ def optimize_to_target(
         study.sampler.reseed_rng()
     lock = study_lock(storage, study.study_name)
     heartbeat = is_heartbeat_enabled(storage)
-    stuck = StuckTrials(study, _grace_period(storage), log) if heartbeat else None
+    stuck = StuckTrials(study, storage, _grace_period(storage), log) if heartbeat else None
     callbacks = list(callbacks)
     started = time.monotonic()
     ran = 0

@@ -11,11 +11,15 @@ with one line, because training on it is a leak.
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from hpo.errors import HpoError
 
@@ -46,23 +50,82 @@ def read_table(path: Path, dialect: Dialect = Dialect()) -> pd.DataFrame:
     if not path.is_file():
         raise HpoError(f"{path}: no such file")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-        else:
-            df = _read_csv(path, dialect)
-    except HpoError:
-        raise
+        df = pd.read_parquet(path) if _is_parquet(path) else _read_csv(path, dialect)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HpoError(f"{path}: cannot read the table ({first})") from None
-    if len(df) == 0 or len(df.columns) == 0:
+        raise _unreadable(path, e) from None
+    df = _check_columns(df, path)
+    if len(df) == 0:
+        raise HpoError(f"{path}: a table needs a header row and at least one data row")
+    df = _drop_saved_index(df, path)
+    infinite: Counter[str] = Counter()
+    df = _clean_cells(df, infinite)
+    _note_infinite(path, infinite)
+    return df
+
+
+def iter_table(path: Path, dialect: Dialect, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Read a table in chunks of ``chunk_rows`` rows (pandas ``chunksize``, Arrow batches),
+    each cleaned as :func:`read_table` cleans the whole table, so that memory stays flat.
+
+    A saved row index is recognized on the first chunk; infinite values are noted once, at
+    the end.
+
+    Raises:
+        HpoError: the file is missing, unreadable (at any chunk), or has no data rows.
+    """
+    if not path.is_file():
+        raise HpoError(f"{path}: no such file")
+    rows = 0
+    drop_first: bool | None = None
+    infinite: Counter[str] = Counter()
+    try:
+        for raw in _raw_chunks(path, dialect, chunk_rows):
+            df = _check_columns(raw, path)
+            if len(df) == 0:
+                continue
+            if drop_first is None:
+                kept = _drop_saved_index(df, path)
+                drop_first = kept.shape[1] < df.shape[1]
+                df = kept
+            elif drop_first:
+                df = df.iloc[:, 1:]
+            rows += len(df)
+            yield _clean_cells(df, infinite)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise _unreadable(path, e) from None
+    if rows == 0:
+        raise HpoError(f"{path}: a table needs a header row and at least one data row")
+    _note_infinite(path, infinite)
+
+
+def _raw_chunks(path: Path, dialect: Dialect, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if _is_parquet(path):
+        with pq.ParquetFile(path) as parquet:
+            for batch in parquet.iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+        return
+    with _read_csv(path, dialect, chunk_rows) as reader:
+        yield from reader
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def _unreadable(path: Path, e: Exception) -> HpoError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return HpoError(f"{path}: cannot read the table ({first})")
+
+
+def _check_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Stripped column names; no columns or a duplicate name is an error."""
+    if len(df.columns) == 0:
         raise HpoError(f"{path}: a table needs a header row and at least one data row")
     df.columns = [str(c).strip() for c in df.columns]
     duplicates = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
     if duplicates:
         raise HpoError(f"{path}: duplicate column names: {', '.join(duplicates)}")
-    df = _drop_saved_index(df, path)
-    return _clean_cells(df, path)
+    return df
 
 
 def sniff_separator(header_line: str) -> str:
@@ -72,7 +135,8 @@ def sniff_separator(header_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
-def _read_csv(path: Path, dialect: Dialect) -> pd.DataFrame:
+def _read_csv(path: Path, dialect: Dialect, chunk_rows: int | None = None) -> Any:
+    """The whole CSV as a DataFrame, or a reader of ``chunk_rows``-row DataFrames."""
     sep = dialect.sep
     if sep is None:
         with path.open(encoding="utf-8-sig", newline="") as f:
@@ -85,6 +149,7 @@ def _read_csv(path: Path, dialect: Dialect) -> pd.DataFrame:
         decimal=dialect.decimal,
         skipinitialspace=True,
         skip_blank_lines=True,
+        chunksize=chunk_rows,
     )
 
 
@@ -100,23 +165,26 @@ def _drop_saved_index(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return df
 
 
-def _clean_cells(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Strip text cells (an all-blank cell is missing) and read infinite numbers as missing."""
+def _clean_cells(df: pd.DataFrame, infinite: Counter[str]) -> pd.DataFrame:
+    """Strip text cells (an all-blank cell is missing) and read infinite numbers as missing
+    (counted per column in ``infinite``)."""
     out = {}
     for name in df.columns:
         col = df[name]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
             values = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            infinite = np.isinf(values)
-            if infinite.any():
-                note(
-                    f"{path}: column {name!r}: {int(infinite.sum())} infinite value(s) "
-                    "read as missing"
-                )
-                values = np.where(infinite, np.nan, values)
+            is_inf = np.isinf(values)
+            if is_inf.any():
+                infinite[name] += int(is_inf.sum())
+                values = np.where(is_inf, np.nan, values)
                 col = pd.Series(values, index=col.index, name=name)
         elif col.dtype == object or pd.api.types.is_string_dtype(col):
             col = col.map(lambda v: v.strip() if isinstance(v, str) else v)
             col = col.mask(col.map(lambda v: isinstance(v, str) and v == ""))
         out[name] = col
     return pd.DataFrame(out, index=df.index)
+
+
+def _note_infinite(path: Path, infinite: Counter[str]) -> None:
+    for name, count in infinite.items():
+        note(f"{path}: column {name!r}: {count} infinite value(s) read as missing")

@@ -154,6 +154,10 @@ def test_a_fresh_process_predicts_as_the_study_did_without_the_database(
     np.testing.assert_array_equal(labels, tuned.in_study.argmax(axis=1))
     csv_proba = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
     np.testing.assert_allclose(csv_proba, tuned.in_study, atol=1e-6, rtol=0)
+    # Rounded to 6 significant digits, not 17: each cell is written as its %.6g.
+    cells = [v for r in rows[1:] for v in r[1:]]
+    assert all(v == f"{float(v):.6g}" for v in cells)
+    assert max(len(v.split("e")[0].replace(".", "").lstrip("0")) for v in cells) <= 6
 
 
 def test_load_ensemble_follows_sklearn_conventions(tuned: Tuned) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -238,13 +240,56 @@ def test_a_trial_left_running_by_optuna_ask_does_not_hang_the_run(
     assert time.monotonic() - started < 90
     waiting = [line for line in result.stderr.splitlines() if "waiting for" in line]
     assert waiting == [
-        "tiny-nn: waiting for trial 1, RUNNING in another process (one with no heartbeat "
-        "that makes no progress for 3 s is marked FAIL)"
+        "tiny-nn: waiting for trial 1, RUNNING with no heartbeat (marked FAIL once it makes "
+        "no progress for 3 s)"
     ]
     assert "tiny-nn: trial 1 made no progress for 3 s and has no heartbeat" in result.stderr
     trials = load("tiny-nn", workdir).trials
     assert trials[1].state == TrialState.FAIL
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+
+
+def test_a_crashed_workers_trial_says_how_long_the_run_waits(
+    write_spec, workdir: Path, hpo_env: dict[str, str]
+) -> None:
+    """A trial whose worker beats, then dies (kill -9): the run says it waits for that
+    heartbeat to go stale and for how long at most, then retries the trial and finishes."""
+    spec = write_spec({"heartbeat_interval": 1, "grace_period": 3})
+    assert run_hpo("run", str(spec), "--trials", "1", "--quiet", cwd=workdir).returncode == 0
+    storage = open_storage(
+        f"sqlite:///{workdir / 'storage' / 'hpo.db'}", heartbeat_interval=1, grace_period=3
+    )
+    crashed = optuna.load_study(study_name="tiny-nn", storage=storage).ask()
+    dead = threading.Event()
+
+    def beat() -> None:  # the worker, alive until the run has seen its trial
+        while not dead.wait(0.3):
+            storage.record_heartbeat(crashed._trial_id)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    cmd = [sys.executable, "-m", "hpo", "run", str(spec), "--trials", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=hpo_env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line.rstrip("\n"))
+        if "waiting for" in line:
+            dead.set()  # kill -9: no more heartbeats
+    dead.set()
+    beater.join()
+    assert proc.wait(timeout=120) == 0, "\n".join(lines)
+    waiting = [line for line in lines if "waiting for" in line]
+    assert len(waiting) == 1, lines
+    assert waiting[0].startswith(
+        f"tiny-nn: waiting for trial {crashed.number}, whose worker's last heartbeat was "
+    )
+    at_most = re.search(r"failed and retried in at most (\d+) s\)$", waiting[0])
+    assert at_most is not None and int(at_most[1]) <= 3, waiting[0]
+    trials = load("tiny-nn", workdir).trials
+    assert trials[crashed.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == crashed.number]
+    assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def test_space_changes_and_membership_for_both_spaces() -> None:
