@@ -27,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FASHION, REPO, write_result
 from reference import ImageItems, reference_objective
 
-from hpo.data import load_dataset
-from hpo.idx import read_idx
-from hpo.model import MLPSpec, build_mlp
-from hpo.nn_study import NNObjective
-from hpo.search_space import suggest
+from hpo.data.dataset import load_dataset
+from hpo.data.idx import read_idx
+from hpo.models.mlp import MLPSpec, build_mlp
 from hpo.spec import load_spec
-from hpo.storage import open_artifacts
-from hpo.study import PrunerSteps, make_pruner, make_sampler
+from hpo.storage.backend import open_artifacts
+from hpo.studies.nn import NNObjective
+from hpo.studies.search_space import suggest
+from hpo.studies.study import PrunerSteps, make_pruner, make_sampler
 
 TARGET = 0.88
 

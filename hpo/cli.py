@@ -22,13 +22,13 @@ from rich.markup import escape
 from hpo import __version__
 from hpo.errors import HpoError
 from hpo.onnx_cli import BundleArg, OutputOpt, ProbaOpt
-from hpo.storage import mask_text, mask_url, open_artifacts, open_storage, storage_url
-from hpo.workers import quiet_optuna
+from hpo.storage.backend import mask_text, mask_url, open_artifacts, open_storage, storage_url
+from hpo.studies.workers import quiet_optuna
 
 if TYPE_CHECKING:
-    from hpo.launch import Bars
     from hpo.spec import RunOptions, StudySpec
-    from hpo.stored import StoredStudy
+    from hpo.storage.stored import StoredStudy
+    from hpo.studies.launch import Bars
 
 # Plain help: Rich's panels print a `<bool>` type beside every flag.
 app = typer.Typer(
@@ -145,7 +145,7 @@ def run(
 ) -> None:
     # fmt: on
     """Tune the NN and GBM studies of SPEC (resumed and topped up), then build the ensemble."""
-    from hpo.launch import run_all
+    from hpo.studies.launch import run_all
     from hpo.summary import run_summary
 
     spec, base_dir, options = _spec(spec_path, storage, artifacts, trials, timeout)
@@ -170,7 +170,7 @@ def worker(
     Start one on each machine, all with the same --storage (PostgreSQL, or grpc:// through
     `hpo storage-proxy`) and --artifacts (a shared directory).
     """
-    from hpo.launch import run_worker
+    from hpo.studies.launch import run_worker
     from hpo.summary import worker_line
 
     spec, base_dir, options = _spec(spec_path, storage, artifacts, trials, timeout)
@@ -186,8 +186,8 @@ def storage_proxy(
     host: HostOpt = "127.0.0.1",
 ) -> None:
     """Serve the storage to workers over gRPC: they use --storage grpc://HOST:PORT."""
-    from hpo.storage import serve_grpc_proxy
-    from hpo.workers import stop_on_sigterm
+    from hpo.storage.backend import serve_grpc_proxy
+    from hpo.studies.workers import stop_on_sigterm
 
     stop_on_sigterm()
     log(f"storage proxy for {mask_url(storage_url(storage))} on grpc://{host}:{port}; Ctrl-C stops")
@@ -209,7 +209,7 @@ def studies(storage: StorageOpt = None) -> None:
 
 
 def _stored(name: str, storage: str | None) -> StoredStudy:
-    from hpo.stored import StoredStudy
+    from hpo.storage.stored import StoredStudy
 
     return StoredStudy.open(name, open_storage(storage, must_exist=True))
 
@@ -228,7 +228,7 @@ def status(name: NameArg, storage: StorageOpt = None, top: TopOpt = 5) -> None:
 @user_errors
 def best(name: NameArg, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """The best trial of each of the study's studies (numbers rounded; --json: exact)."""
-    from hpo.stored import best_summary
+    from hpo.storage.stored import best_summary
     from hpo.summary import best_lines
 
     result = {study.study_name: best_summary(study) for study in _stored(name, storage).selected}
@@ -267,7 +267,7 @@ def ensemble(name: NameArg, storage: StorageOpt = None, artifacts: ArtifactsOpt 
              gbm_members: GBMMembersOpt = None, as_json: JsonOpt = False) -> None:
     # fmt: on
     """Build the ensemble from the best saved trials, store and show its leaderboard."""
-    from hpo.ensemble import ensemble_stored
+    from hpo.ensemble.selection import ensemble_stored
     from hpo.summary import leaderboard_table
 
     found, report = ensemble_stored(
@@ -303,8 +303,8 @@ def export(
     fmt: FormatOpt = "bundle",
 ) -> None:
     """Write the study's ensemble (the spec's method, or --method) as a self-contained bundle."""
-    from hpo.bundle import check_out_dir, export_stored
-    from hpo.ensemble import ensemble_stored
+    from hpo.ensemble.bundle import check_out_dir, export_stored
+    from hpo.ensemble.selection import ensemble_stored
 
     check_out_dir(out_dir, force=force)
     stored, store = _stored(name, storage), open_artifacts(artifacts)
@@ -326,12 +326,12 @@ def predict(
     engine: EngineOpt = "auto",
 ) -> None:
     """Predict with an exported bundle alone (no database), in chunks: flat memory."""
-    from hpo.onnx_runtime import predict_with_engine
+    from hpo.ensemble.onnx_runtime import predict_with_engine
 
     if predict_with_engine(bundle, input_path, output, proba=proba, engine=engine):
         return
-    from hpo.estimator import load_ensemble
-    from hpo.predict_files import predict_to_csv
+    from hpo.ensemble.estimator import load_ensemble
+    from hpo.ensemble.predict_files import predict_to_csv
 
     predict_to_csv(load_ensemble(bundle), input_path, output, proba=proba)
 
@@ -340,7 +340,7 @@ def predict(
 @user_errors
 def data_fetch(dataset: DatasetArg, directory: DirOpt = Path("data")) -> None:
     """Download the original gzipped IDX files (needs the internet)."""
-    from hpo.idx import fetch
+    from hpo.data.idx import fetch
 
     out.print(f"{dataset}: {fetch(dataset, directory)}")
 

@@ -7,7 +7,7 @@ import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore
 
 from hpo.errors import HpoError
-from hpo.storage import artifacts_dir, mask_url
+from hpo.storage.backend import artifacts_dir, mask_url
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the dashboard can edit and delete studies, no login
 DEFAULT_PORT = 8080
@@ -22,7 +22,7 @@ def serve_dashboard(
 ) -> None:
     """Serve optuna-dashboard until Ctrl-C.
 
-    Open ``storage`` with :func:`hpo.storage.open_storage`, so that SQLite gets the same
+    Open ``storage`` with :func:`hpo.storage.backend.open_storage`, so that SQLite gets the same
     WAL mode and busy timeout as the run writing to it.
 
     Raises:

@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
+from hpo.ensemble.onnx_runtime import predict_with_engine, use_onnx
 from hpo.errors import HpoError
-from hpo.onnx_runtime import predict_with_engine, use_onnx
 
 slim = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 

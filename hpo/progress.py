@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from hpo.stored import count_trials
+from hpo.storage.stored import count_trials
 from hpo.summary import fmt
 
 

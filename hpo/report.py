@@ -19,9 +19,9 @@ import plotly.offline
 from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import TrialState
 
-from hpo import stored
 from hpo.errors import HpoError
-from hpo.stored import METRIC_KEYS, Leaderboard, state_counts
+from hpo.storage import stored
+from hpo.storage.stored import METRIC_KEYS, Leaderboard, state_counts
 
 FEW_TRIALS = 20  # below this many completed trials, importances come with a caveat
 PLOT_HEIGHT = 420  # px: readable on a laptop screen without scrolling inside a plot

@@ -42,7 +42,7 @@ ACTIVATIONS: tuple[Activation, ...] = Activation.__args__  # type: ignore[attr-d
 INITIALIZERS: tuple[Initializer, ...] = Initializer.__args__  # type: ignore[attr-defined]
 NORMALIZATIONS: tuple[Normalization, ...] = Normalization.__args__  # type: ignore[attr-defined]
 OPTIMIZERS: tuple[Optimizer, ...] = Optimizer.__args__  # type: ignore[attr-defined]
-# What the leaderboard ranks and the greedy ensemble optimizes (hpo.metrics computes them).
+# What the leaderboard ranks and the greedy ensemble optimizes (hpo.models.metrics computes them).
 MetricName = Literal[
     "accuracy", "balanced_accuracy", "roc_auc", "log_loss", "f1", "rmse", "mae", "r2"
 ]
@@ -260,7 +260,7 @@ class GBMConfig(_Frozen):
     early_stopping_rounds: int = Field(
         default=20, ge=1, description="rounds without a better validation loss"
     )
-    # None: hpo picks per trial, as for the MLP (hpo/threads.py): one thread on small data,
+    # None: hpo picks per trial, as for the MLP (hpo/models/threads.py): one thread on small data,
     # the idle cores on large data; OMP_NUM_THREADS pins it.
     n_jobs: int | None = Field(default=None, ge=1, description="XGBoost threads")
     # Histogram bins per feature: fewer trains faster (2.3x from 256 to 32 on Fashion-MNIST).

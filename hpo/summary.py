@@ -1,7 +1,7 @@
 """Display: a study and its ensemble as Rich tables and short lines (numbers rounded).
 
 The only module besides the CLI and :mod:`hpo.progress` that imports Rich. ``--json``
-output does not come through here: it prints :func:`hpo.stored.trial_summary` exactly.
+output does not come through here: it prints :func:`hpo.storage.stored.trial_summary` exactly.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import optuna
 from rich.console import RenderableType
 from rich.table import Table
 
-from hpo import stored
-from hpo.stored import Leaderboard, best_trials, objective_name, study_metric
+from hpo.storage import stored
+from hpo.storage.stored import Leaderboard, best_trials, objective_name, study_metric
 
 if TYPE_CHECKING:
-    from hpo.launch import WorkerShare
     from hpo.spec import StudySpec
+    from hpo.studies.launch import WorkerShare
 
 DIGITS = 4  # decimals of a score in tables and lines
 
@@ -114,7 +114,7 @@ def worker_line(share: WorkerShare) -> str:
 
 
 def best_lines(study_name: str, summary: dict[str, Any]) -> list[str]:
-    """``hpo best`` as text: the :func:`hpo.stored.trial_summary` fields, rounded."""
+    """``hpo best`` as text: the :func:`hpo.storage.stored.trial_summary` fields, rounded."""
     return [
         f"[bold]{study_name}[/] best trial #{summary['number']}: "
         f"{summary['objective']} {fmt(summary['value'])}",

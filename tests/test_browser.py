@@ -14,8 +14,8 @@ import optuna
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from hpo.storage import open_storage
-from hpo.stored import LEADERBOARD as ENSEMBLE_ATTR
+from hpo.storage.backend import open_storage
+from hpo.storage.stored import LEADERBOARD as ENSEMBLE_ATTR
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless and offline: no sandbox (CI runs as root), no calls home.

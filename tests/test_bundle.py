@@ -20,11 +20,11 @@ from typer.testing import CliRunner, Result
 
 import hpo
 from hpo.cli import app
-from hpo.ensemble import build_ensemble
+from hpo.ensemble.estimator import EnsembleClassifier, EnsembleRegressor
+from hpo.ensemble.selection import build_ensemble
 from hpo.errors import HpoError
-from hpo.estimator import EnsembleClassifier, EnsembleRegressor
-from hpo.storage import open_artifacts, open_storage
-from hpo.stored import StoredStudy
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import StoredStudy
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from typer.testing import CliRunner, Result
 import hpo as hpo_lib
 from hpo import bundle as bundle_module
 from hpo.cli import app
+from hpo.ensemble.predict_files import predict_to_csv
 from hpo.errors import HpoError
-from hpo.predict_files import predict_to_csv
 
 
 @dataclass(frozen=True)

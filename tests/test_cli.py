@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 import hpo
-from hpo import idx
+from hpo.data import idx
 
 
 def assert_one_error_line(result, message: str) -> None:

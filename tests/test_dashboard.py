@@ -17,7 +17,7 @@ import optuna_dashboard
 import pytest
 import yaml
 
-from hpo.storage import open_storage
+from hpo.storage.backend import open_storage
 
 NOTE_VERSION = "dashboard:note_ver"  # optuna-dashboard's system attr for the study note
 
@@ -113,7 +113,7 @@ def test_run_finishes_while_the_dashboard_polls_the_same_sqlite_file(
     tmp_path: Path,
 ) -> None:
     """optuna-dashboard#545: a dashboard reading the SQLite file crashed the run with
-    "database is locked". WAL mode and the busy timeout in hpo.storage must prevent it."""
+    "database is locked". WAL mode and the busy timeout in hpo.storage.backend must prevent it."""
     spec_path = write_spec()
     assert cli("run", spec_path, "--trials", "1", "-q").exit_code == 0
     url = dashboard()

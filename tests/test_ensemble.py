@@ -10,10 +10,10 @@ import optuna
 import pytest
 from typer.testing import Result
 
-from hpo.ensemble import average_weights, build_ensemble, greedy_weights
-from hpo.metrics import validation_loss
-from hpo.storage import open_artifacts, open_storage
-from hpo.stored import StoredStudy
+from hpo.ensemble.selection import average_weights, build_ensemble, greedy_weights
+from hpo.models.metrics import validation_loss
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import StoredStudy
 
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
 

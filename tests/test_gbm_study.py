@@ -11,14 +11,14 @@ import pytest
 from conftest import TINY_SPEC
 from optuna.trial import TrialState
 
-from hpo.data import load_dataset
-from hpo.ensemble import load_member
+from hpo.data.dataset import load_dataset
+from hpo.ensemble.selection import load_member
 from hpo.errors import HpoError
-from hpo.gbm_study import GBM, GBMObjective, baseline_params, xgb_params
-from hpo.metrics import score
+from hpo.models.metrics import score
 from hpo.spec import GBMSpace, StudySpec, load_spec
-from hpo.storage import open_artifacts, open_storage
-from hpo.study import run_study
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.studies.gbm import GBM, GBMObjective, baseline_params, xgb_params
+from hpo.studies.study import run_study
 
 
 def _spec(**changes: object) -> StudySpec:

@@ -1,4 +1,4 @@
-"""Locks every process on a storage sees (hpo.locks): one holder at a time, gone with it."""
+"""Locks every process on a storage sees (hpo.storage.locks): one holder at a time, gone with it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import optuna
 
-from hpo.locks import StorageLock, study_lock
-from hpo.storage import open_storage
+from hpo.storage.backend import open_storage
+from hpo.storage.locks import StorageLock, study_lock
 
 
 def _hold_then_die(url: str, held: multiprocessing.synchronize.Event) -> None:

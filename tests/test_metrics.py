@@ -14,16 +14,16 @@ import pytest
 from typer.testing import Result
 
 import hpo
-from hpo.ensemble import greedy_weights, load_member
-from hpo.metrics import (
+from hpo.ensemble.selection import greedy_weights, load_member
+from hpo.models.metrics import (
     constant_prediction,
     recorded_metrics,
     score,
     selection_key,
     validation_loss,
 )
-from hpo.storage import open_artifacts, open_storage
-from hpo.stored import StoredStudy
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import StoredStudy
 
 STORAGE = "sqlite:///storage/hpo.db"
 

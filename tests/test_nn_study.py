@@ -7,12 +7,12 @@ import torch
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 
-from hpo.data import load_dataset
-from hpo.model import MLPSpec, build_mlp
-from hpo.nn_study import NN
+from hpo.data.dataset import load_dataset
+from hpo.models.mlp import MLPSpec, build_mlp
 from hpo.spec import NNSpace, load_spec
-from hpo.storage import open_artifacts, open_storage
-from hpo.study import run_study
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.studies.nn import NN
+from hpo.studies.study import run_study
 
 
 def _run(write_spec, changes, n_trials):

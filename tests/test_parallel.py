@@ -10,14 +10,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.data import load_dataset
-from hpo.nn_study import NN
-from hpo.parallel import INTERRUPTS
-from hpo.runner import open_spec_storage
+from hpo.data.dataset import load_dataset
 from hpo.spec import load_spec
-from hpo.storage import mask_text, mask_url, open_artifacts
-from hpo.study import open_study, run_study
-from hpo.workers import threads_per_worker, visible_gpus, worker_env
+from hpo.storage.backend import mask_text, mask_url, open_artifacts
+from hpo.studies.nn import NN
+from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.runner import open_spec_storage
+from hpo.studies.study import open_study, run_study
+from hpo.studies.workers import threads_per_worker, visible_gpus, worker_env
 
 
 def test_threads_are_split_and_each_worker_gets_its_own_gpu() -> None:

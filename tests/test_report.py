@@ -11,8 +11,8 @@ import optuna
 import plotly
 import pytest
 
-from hpo.storage import open_storage
-from hpo.stored import LEADERBOARD as ENSEMBLE_ATTR
+from hpo.storage.backend import open_storage
+from hpo.storage.stored import LEADERBOARD as ENSEMBLE_ATTR
 
 SECTIONS = ("Optimization history", "Learning curves", "Parameter importances")
 

@@ -1,4 +1,4 @@
-"""Where studies live (hpo.storage): opening by URL, saying where, and model files."""
+"""Where studies live (hpo.storage.backend): opening by URL, saying where, and model files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from hpo.errors import HpoError
-from hpo.storage import (
+from hpo.storage.backend import (
     new_sqlite_file,
     open_artifacts,
     open_storage,

@@ -1,4 +1,4 @@
-"""The contract with storage (hpo.stored): names, reading a study back, the typed
+"""The contract with storage (hpo.storage.stored): names, reading a study back, the typed
 leaderboard, trial counts, and model files old and new."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from hpo.ensemble import read_weights
+from hpo.ensemble.selection import read_weights
 from hpo.errors import HpoError
 from hpo.spec import load_spec
-from hpo.storage import open_storage
-from hpo.stored import (
+from hpo.storage.backend import open_storage
+from hpo.storage.stored import (
     LEADERBOARD,
     SPEC,
     Leaderboard,

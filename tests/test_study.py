@@ -1,4 +1,4 @@
-"""The shape every family's study shares (hpo.study): open under the lock, baselines once,
+"""The shape every family's study shares (hpo.studies.study): open under the lock, baselines once,
 a top-up that never replays, and an exact target, for the NN family and a toy one."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo.data import Dataset, load_dataset
-from hpo.nn_study import NN
-from hpo.runner import open_spec_storage
+from hpo.data.dataset import Dataset, load_dataset
 from hpo.spec import StudySpec, load_spec
-from hpo.storage import open_artifacts, open_storage
-from hpo.stored import count_trials
-from hpo.study import (
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import count_trials
+from hpo.studies.nn import NN
+from hpo.studies.runner import open_spec_storage
+from hpo.studies.study import (
     ArtifactStore,
     Baseline,
     Family,

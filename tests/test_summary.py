@@ -12,8 +12,8 @@ from rich.console import Console
 
 from hpo.progress import StudyBars
 from hpo.spec import load_spec
-from hpo.storage import open_storage
-from hpo.stored import KIND, SPEC, TASK, Leaderboard
+from hpo.storage.backend import open_storage
+from hpo.storage.stored import KIND, SPEC, TASK, Leaderboard
 from hpo.summary import best_line, best_lines, fmt_mapping, leaderboard_table, trials_table
 
 BOARD: dict[str, Any] = {

@@ -16,14 +16,14 @@ from typer.testing import CliRunner, Result
 
 import hpo
 from hpo.cli import app
-from hpo.data import load_dataset
-from hpo.ensemble import build_ensemble
+from hpo.data.dataset import load_dataset
+from hpo.data.preprocess import Preprocessor
+from hpo.data.tables import Dialect, read_table
+from hpo.ensemble.selection import build_ensemble
 from hpo.errors import InputError
-from hpo.preprocess import Preprocessor
 from hpo.spec import DataSpec
-from hpo.storage import open_artifacts, open_storage
-from hpo.stored import StoredStudy
-from hpo.tables import Dialect, read_table
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import StoredStudy
 
 
 def _table(n: int = 120, seed: int = 0) -> pd.DataFrame:

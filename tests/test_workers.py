@@ -29,7 +29,7 @@ import yaml
 from conftest import PG_PASSWORD, TINY_SPEC, _merge
 from optuna.trial import TrialState
 
-from hpo.storage import open_storage
+from hpo.storage.backend import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
 

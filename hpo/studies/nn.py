@@ -7,15 +7,15 @@ from typing import Any
 import optuna
 import safetensors.torch
 
-from hpo import stored
-from hpo.model import MLPSpec
-from hpo.parallel import INTERRUPTS
-from hpo.search_space import suggest
+from hpo.models.mlp import MLPSpec
+from hpo.models.threads import configure_threads
+from hpo.models.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
 from hpo.spec import StudySpec
-from hpo.storage import save_trial_results
-from hpo.study import Baseline, Family, PrunerSteps, TrialObjective
-from hpo.threads import configure_threads
-from hpo.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
+from hpo.storage import stored
+from hpo.storage.backend import save_trial_results
+from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.search_space import suggest
+from hpo.studies.study import Baseline, Family, PrunerSteps, TrialObjective
 
 
 class NNObjective(TrialObjective):

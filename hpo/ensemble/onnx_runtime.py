@@ -2,7 +2,7 @@
 
 This module imports neither torch, xgboost, scikit-learn, optuna nor pandas, so a slim
 install (see the README) can serve a bundle. The manifest and ``model.onnx`` are checked as
-:func:`hpo.bundle.load_bundle` checks every file (regular file, recorded size and sha256),
+:func:`hpo.ensemble.bundle.load_bundle` checks every file (regular file, recorded size and sha256),
 and the graph must be the one exported with this bundle: the members and weights in its
 metadata, its input width and its classes must match the manifest.
 """
@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hpo.ensemble.untrusted import load_json, numeric_array, probability_text, read_regular_file
 from hpo.errors import HpoError, InputError
-from hpo.untrusted import load_json, numeric_array, probability_text, read_regular_file
 
 Engine = Literal["auto", "native", "onnx"]
-ONNX_FILE = "model.onnx"  # the same name as hpo.onnx_export.ONNX_FILE (no torch import here)
+ONNX_FILE = "model.onnx"  # as hpo.ensemble.onnx_export.ONNX_FILE (no torch import here)
 META_MEMBERS = "hpo.members"
 MANIFEST_MAX_BYTES = 16 * 2**20
 FILE_MAX_BYTES = 4 * 2**30
@@ -39,7 +39,7 @@ NA_CELLS = {
     "nan",
     "null",
     "None",
-}  # values per block of rows: memory stays flat, as in hpo.estimator
+}  # values per block of rows: memory stays flat, as in hpo.ensemble.estimator
 
 
 def native_available() -> bool:
@@ -60,7 +60,7 @@ def load_ensemble(path: str | Path, engine: Engine = "auto") -> Any:
     """
     if use_onnx(engine):
         return OnnxEnsemble(path)
-    from hpo.estimator import load_ensemble as load_native
+    from hpo.ensemble.estimator import load_ensemble as load_native
 
     return load_native(path)
 
@@ -149,7 +149,7 @@ class OnnxEnsemble:
 
 
 def as_text(value: Any) -> str:
-    """A category value as :func:`hpo.preprocess.as_text` writes it; "" for missing."""
+    """A category value as :func:`hpo.data.preprocess.as_text` writes it; "" for missing."""
     if value is None or (isinstance(value, float | np.floating) and value != value):
         return ""
     if isinstance(value, np.generic):

@@ -9,7 +9,7 @@ Nothing is retrained: members are the saved models of finished trials. Two weigh
   validation loss); the best prefix of the picks is kept, and a member's weight is the
   share of picks that chose it.
 
-The leaderboard (:class:`hpo.stored.Leaderboard`: members ranked by the validation metric,
+The leaderboard (:class:`hpo.storage.stored.Leaderboard`: members ranked by the validation metric,
 then both ensembles, with validation and test scores, and the no-skill baseline) is stored
 in the NN study's user attrs; the HTML report and ``hpo export`` read it back.
 """
@@ -28,11 +28,11 @@ import safetensors.torch
 import torch
 from pydantic import ValidationError
 
-from hpo import stored
-from hpo.data import Dataset
+from hpo.data.dataset import Dataset
+from hpo.ensemble.sanity import check_studies_have_values, check_useful
 from hpo.errors import HpoError
-from hpo.members import MODEL_ERRORS, GBMMember, Member, NNMember, combine
-from hpo.metrics import (
+from hpo.models.members import MODEL_ERRORS, GBMMember, Member, NNMember, combine
+from hpo.models.metrics import (
     HIGHER_IS_BETTER,
     MetricName,
     constant_prediction,
@@ -45,10 +45,10 @@ from hpo.metrics import (
     selection_key,
     validation_loss,
 )
-from hpo.model import MLPSpec
-from hpo.sanity import check_studies_have_values, check_useful
+from hpo.models.mlp import MLPSpec
 from hpo.spec import EnsembleConfig, StudySpec, check_overrides
-from hpo.stored import (
+from hpo.storage import stored
+from hpo.storage.stored import (
     Kind,
     Leaderboard,
     LeaderboardRow,
@@ -103,7 +103,7 @@ def greedy_weights(
     predictions: list[np.ndarray], score: Callable[[np.ndarray], Any], rounds: int
 ) -> tuple[np.ndarray, list[Any]]:
     """Caruana ensemble selection with replacement; ``score(pred)`` is what to minimize: a
-    loss, or a tuple compared in order (see :func:`hpo.metrics.selection_key`).
+    loss, or a tuple compared in order (see :func:`hpo.models.metrics.selection_key`).
 
     Returns the weights of the best prefix of picks and the score after each pick.
     Ties go to the earlier member (better ranked, as members come sorted by their study).
@@ -320,7 +320,7 @@ def make_ensemble(
     Args:
         config: the spec's ensemble settings with overrides (default: the spec's).
         require_useful: refuse studies without values and an ensemble no better than
-            the no-skill model (:mod:`hpo.sanity`); the leaderboard is stored either way.
+            the no-skill model (:mod:`hpo.ensemble.sanity`); the leaderboard is stored either way.
     """
     if require_useful:
         check_studies_have_values(spec.name, list(studies.values()))

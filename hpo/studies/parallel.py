@@ -39,8 +39,8 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb.models import TrialHeartbeatModel
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.locks import study_lock
-from hpo.stored import WORKER, count_trials
+from hpo.storage.locks import study_lock
+from hpo.storage.stored import WORKER, count_trials
 
 WAIT_S = 1.0  # how often a worker with no free trial looks again
 

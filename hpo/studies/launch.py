@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 
 from hpo.errors import HpoError
-from hpo.parallel import INTERRUPTS, worker_id
 from hpo.spec import RunOptions, StudySpec, check_overrides, load_spec
-from hpo.storage import (
+from hpo.storage.backend import (
     mask_text,
     mask_url,
     new_sqlite_file,
@@ -31,8 +30,9 @@ from hpo.storage import (
     open_storage,
     storage_url,
 )
-from hpo.stored import KINDS, WORKER, count_trials, study_name
-from hpo.workers import (
+from hpo.storage.stored import KINDS, WORKER, count_trials, study_name
+from hpo.studies.parallel import INTERRUPTS, worker_id
+from hpo.studies.workers import (
     FAILURE_ENV,
     LocalWorkers,
     WorkerJob,
@@ -42,7 +42,7 @@ from hpo.workers import (
 )
 
 if TYPE_CHECKING:
-    from hpo.runner import RunResult
+    from hpo.studies.runner import RunResult
 
 Log = Callable[[str], None]
 SQLITE_WORKERS = 2  # more local workers than this on SQLite: suggest PostgreSQL
@@ -88,7 +88,7 @@ def no_bars(targets: dict[str, int], storage: optuna.storages.BaseStorage | None
 
 
 def _targets(spec: StudySpec, trials: int | None) -> dict[str, int]:
-    from hpo.runner import study_targets  # torch: imported only once it is needed
+    from hpo.studies.runner import study_targets  # torch: imported only once it is needed
 
     return study_targets(spec, trials)
 
@@ -108,7 +108,7 @@ def run_all(
     more than one), then build and store the ensemble in this process.
 
     Raises:
-        HpoError: see :func:`hpo.runner.run_spec` and :func:`run_local`.
+        HpoError: see :func:`hpo.studies.runner.run_spec` and :func:`run_local`.
     """
     prepared = n_workers > 1
     if prepared:
@@ -123,7 +123,7 @@ def run_all(
 def _watch(
     bars: Bars, spec: StudySpec, trials: int | None, storage: optuna.storages.BaseStorage | None
 ) -> ProgressView:
-    from hpo.runner import study_targets  # torch: imported only once it is needed
+    from hpo.studies.runner import study_targets  # torch: imported only once it is needed
 
     return bars(study_targets(spec, trials), storage)
 
@@ -139,7 +139,7 @@ def _run_here(
     """Run the spec in this process. Ctrl-C: the training trial ends as FAIL at once, no
     storage write is cut short, and a signal that Python would drop (raised inside a
     finalizer) is kept, not lost."""
-    from hpo.runner import run_spec
+    from hpo.studies.runner import run_spec
 
     with INTERRUPTS.installed(), view:
         return run_spec(
@@ -176,11 +176,11 @@ def run_worker(
     until they reach their targets; the ensemble is left to ``hpo run``/``hpo ensemble``.
 
     Raises:
-        HpoError: a bad spec, data or storage (see :func:`hpo.runner.run_spec`).
+        HpoError: a bad spec, data or storage (see :func:`hpo.studies.runner.run_spec`).
     """
     pin_threads(threads)
     log(f"{spec.name}: worker {worker_id()}")
-    from hpo.runner import study_targets  # torch: imported once the spec is good
+    from hpo.studies.runner import study_targets  # torch: imported once the spec is good
 
     targets = study_targets(spec, options.trials)
     view = bars(targets, None)
@@ -241,7 +241,7 @@ def run_local(
     new_database = new_sqlite_file(url)
     store = open_storage(url)  # a bad URL fails here, once, not in N workers
     open_artifacts(options.artifacts)
-    from hpo.runner import open_spec_storage, prepare_run
+    from hpo.studies.runner import open_spec_storage, prepare_run
 
     lines = prepare_run(spec, open_spec_storage(spec, url), fresh=fresh, trials=options.trials)
     if new_database is not None:

@@ -19,11 +19,11 @@ from typing import Any
 
 import optuna
 
-from hpo import stored
 from hpo.errors import HpoError
-from hpo.parallel import INTERRUPTS
 from hpo.spec import FloatRange, GBMSpace, IntRange, NNSpace, StudySpec
-from hpo.stored import KINDS, Kind, space_of, validated_spec
+from hpo.storage import stored
+from hpo.storage.stored import KINDS, Kind, space_of, validated_spec
+from hpo.studies.parallel import INTERRUPTS
 
 # Keys whose change makes old and new trials incomparable.
 FIXED_KEYS = ("task", "seed", "data")

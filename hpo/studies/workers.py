@@ -1,7 +1,7 @@
 """Worker processes: each runs ``run_spec`` against the shared storage, nothing else.
 
-``hpo worker`` is one of them, on any machine (:func:`hpo.launch.run_worker`). ``hpo run
---workers N`` starts N local ones as Python subprocesses (:func:`hpo.launch.child_main`, not
+``hpo worker`` is one of them, on any machine (:func:`hpo.studies.launch.run_worker`). ``hpo run
+--workers N`` starts N local ones as Python subprocesses (:func:`hpo.studies.launch.child_main`, not
 the CLI), splits the
 CPU threads (and the GPUs) between them, and watches the storage for their combined
 progress: the storage is the only channel between workers, exactly as between machines.
@@ -32,8 +32,8 @@ from types import FrameType
 import optuna
 
 from hpo.errors import HpoError
-from hpo.storage import mask_text
-from hpo.threads import available_cpus
+from hpo.models.threads import available_cpus
+from hpo.storage.backend import mask_text
 
 FAILURE_ENV = "HPO_WORKER_FAILURE"  # where a local worker writes why it failed
 
@@ -66,7 +66,7 @@ def threads_per_worker(n_workers: int, cpus: int) -> int:
 
 
 def pin_threads(threads: int | None) -> None:
-    """Pin this worker's training threads (torch's and XGBoost's): hpo.threads reads
+    """Pin this worker's training threads (torch's and XGBoost's): hpo.models.threads reads
     ``OMP_NUM_THREADS`` at every trial."""
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -75,7 +75,7 @@ def pin_threads(threads: int | None) -> None:
 def stop_on_sigterm() -> None:
     """SIGTERM (a scheduler, `kill`) stops this process like Ctrl-C, with its cleanup: the
     parent of local workers stops them rather than leave them orphaned. (Workers
-    themselves use :data:`hpo.parallel.INTERRUPTS`.)"""
+    themselves use :data:`hpo.studies.parallel.INTERRUPTS`.)"""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -140,7 +140,7 @@ class LocalWorkers:
         job = WorkerJob(
             str(self.spec_path), threads, self.artifacts_path, self.trials, self.timeout
         )
-        code = "from hpo.launch import child_main; child_main()"
+        code = "from hpo.studies.launch import child_main; child_main()"
         return [sys.executable, "-c", code, json.dumps(asdict(job))]
 
     def start(self) -> None:

@@ -15,17 +15,17 @@ import optuna
 import xgboost as xgb
 from optuna_integration import XGBoostPruningCallback
 
-from hpo import stored
-from hpo.data import Dataset
-from hpo.members import GBMMember
-from hpo.metrics import recorded_metrics, scores
-from hpo.parallel import INTERRUPTS
-from hpo.search_space import suggest
+from hpo.data.dataset import Dataset
+from hpo.models.members import GBMMember
+from hpo.models.metrics import recorded_metrics, scores
+from hpo.models.threads import choose_threads
+from hpo.models.train import pick_device
 from hpo.spec import GBMSpace, StudySpec, Task
-from hpo.storage import save_trial_results
-from hpo.study import ArtifactStore, Baseline, Family, PrunerSteps, TrialObjective
-from hpo.threads import choose_threads
-from hpo.train import pick_device
+from hpo.storage import stored
+from hpo.storage.backend import save_trial_results
+from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.search_space import suggest
+from hpo.studies.study import ArtifactStore, Baseline, Family, PrunerSteps, TrialObjective
 
 # The validation metric that early stopping and pruning watch, per task.
 EVAL_METRIC: dict[Task, str] = {"multiclass": "mlogloss", "binary": "logloss", "regression": "rmse"}

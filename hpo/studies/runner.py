@@ -12,16 +12,16 @@ from pathlib import Path
 
 import optuna
 
-from hpo.data import Dataset, load_dataset
-from hpo.ensemble import EnsembleReport, make_ensemble
-from hpo.gbm_study import GBM
-from hpo.nn_study import NN
-from hpo.resume import archive_studies, check_rerun, note_target_met
+from hpo.data.dataset import Dataset, load_dataset
+from hpo.ensemble.selection import EnsembleReport, make_ensemble
 from hpo.spec import RunOptions, StudySpec
-from hpo.storage import mask_url, new_sqlite_file, open_artifacts, open_storage
-from hpo.storage import storage_url as resolve_url
-from hpo.stored import Kind, Leaderboard
-from hpo.study import Family, TrialCallback, run_study
+from hpo.storage.backend import mask_url, new_sqlite_file, open_artifacts, open_storage
+from hpo.storage.backend import storage_url as resolve_url
+from hpo.storage.stored import Kind, Leaderboard
+from hpo.studies.gbm import GBM
+from hpo.studies.nn import NN
+from hpo.studies.resume import archive_studies, check_rerun, note_target_met
+from hpo.studies.study import Family, TrialCallback, run_study
 
 # The model families a run tunes, in order; a new family is one more entry (see README).
 FAMILIES: tuple[Family, ...] = (NN, GBM)
@@ -109,14 +109,14 @@ def run_spec(
             samplers draw their own random numbers, and the ensemble, built once per run
             rather than once per worker, is left to ``hpo run`` (or ``hpo ensemble``).
         fresh: keep the spec's existing studies under a dated name and start new ones
-            (:func:`hpo.resume.archive_studies`); otherwise the spec must match the data,
-            task and seed the studies were made with (:func:`hpo.resume.check_rerun`).
+            (:func:`hpo.studies.resume.archive_studies`); otherwise the spec must match the data,
+            task and seed the studies were made with (:func:`hpo.studies.resume.check_rerun`).
         prepared: the caller has run :func:`prepare_run` already (``hpo run --workers``).
 
     Raises:
         HpoError: bad data or storage, a spec whose data no longer matches its studies, a
             study whose trials all ended without a value, or no model better than the
-            no-skill baseline (see :mod:`hpo.sanity`).
+            no-skill baseline (see :mod:`hpo.ensemble.sanity`).
     """
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     new_database = new_sqlite_file(options.storage)

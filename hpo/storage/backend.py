@@ -22,10 +22,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from hpo.errors import HpoError
-from hpo.locks import engine_lock
-from hpo.masking import mask_text, mask_url
+from hpo.storage.locks import engine_lock
+from hpo.storage.masking import mask_text, mask_url
 
-ARTIFACT_ID = "artifact_id"  # trial user attr: its model file (hpo.stored re-exports it)
+ARTIFACT_ID = "artifact_id"  # trial user attr: its model file (hpo.storage.stored re-exports it)
 
 __all__ = ["mask_text", "mask_url", "open_storage", "storage_url"]
 

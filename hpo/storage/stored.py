@@ -20,18 +20,18 @@ from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from hpo.errors import HpoError
-from hpo.metrics import (
+from hpo.models.metrics import (
     CLASSIFICATION_METRICS,
     HIGHER_IS_BETTER,
     REGRESSION_METRICS,
     default_metric,
 )
 from hpo.spec import GBMSpace, NNSpace, StudySpec
-from hpo.storage import ARTIFACT_ID as ARTIFACT_ID  # the trial's model file
-from hpo.storage import load_study
+from hpo.storage.backend import ARTIFACT_ID as ARTIFACT_ID  # the trial's model file
+from hpo.storage.backend import load_study
 
 if TYPE_CHECKING:
-    from hpo.data import Dataset
+    from hpo.data.dataset import Dataset
 
 Kind = Literal["nn", "gbm"]
 KINDS: tuple[Kind, ...] = ("nn", "gbm")  # the model families, in the order a run tunes them
@@ -60,7 +60,7 @@ PRUNED_REASON = "pruned_reason"
 EPOCHS_RUN = "epochs_run"
 TRAIN_SECONDS = "train_seconds"
 ROUNDS_USED = "n_estimators_used"  # GBM: boosting rounds kept (up to the best one)
-# Every metric a trial may record (hpo.metrics.recorded_metrics), val then test.
+# Every metric a trial may record (hpo.models.metrics.recorded_metrics), val then test.
 METRIC_KEYS = tuple(
     f"{part}_{name}"
     for name in CLASSIFICATION_METRICS + REGRESSION_METRICS
@@ -360,7 +360,7 @@ class StoredStudy:
         Raises:
             HpoError: the data is gone or no longer splits to the stored sizes.
         """
-        from hpo.data import load_dataset
+        from hpo.data.dataset import load_dataset
 
         spec, attrs = self.spec, self.nn_study.user_attrs
         data = load_dataset(spec.data, spec.task, Path("/"), spec.seed)

@@ -3,7 +3,7 @@
 A study is opened (created or loaded) under its lock, described in its attrs, seeded with
 the family's baselines once, and run until it holds its target of finished trials
 together with any other worker on it. :class:`Family` is what differs: the NN study
-(:mod:`hpo.nn_study`) and the GBM study (:mod:`hpo.gbm_study`) are one subclass each.
+(:mod:`hpo.studies.nn`) and the GBM study (:mod:`hpo.studies.gbm`) are one subclass each.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import optuna_dashboard
 import yaml
 from optuna.trial import TrialState
 
-from hpo import stored
-from hpo.data import Dataset
-from hpo.locks import study_lock
-from hpo.metrics import loss_name
-from hpo.parallel import create_or_load, optimize_to_target
-from hpo.resume import spec_attrs
+from hpo.data.dataset import Dataset
+from hpo.models.metrics import loss_name
 from hpo.spec import StudySpec, Task, spec_hash
-from hpo.stored import Kind
+from hpo.storage import stored
+from hpo.storage.locks import study_lock
+from hpo.storage.stored import Kind
+from hpo.studies.parallel import create_or_load, optimize_to_target
+from hpo.studies.resume import spec_attrs
 
 Objective = Callable[[optuna.Trial], float]
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -246,7 +246,7 @@ def run_study(
 ) -> optuna.Study:
     """Top the family's study up to ``n_trials`` (default: the spec's) finished trials,
     together with any other process working on it (``worker``: this is one of several, see
-    :func:`hpo.parallel.optimize_to_target`)."""
+    :func:`hpo.studies.parallel.optimize_to_target`)."""
     study = open_study(family, spec, storage, data)
     # Exact with any number of workers on the study (MaxTrialsCallback would overshoot).
     optimize_to_target(

@@ -14,10 +14,10 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
-from hpo.metrics import HIGHER_IS_BETTER, MetricName, is_better
+from hpo.models.metrics import HIGHER_IS_BETTER, MetricName, is_better
 
 if TYPE_CHECKING:
-    from hpo.stored import Leaderboard
+    from hpo.storage.stored import Leaderboard
 
 
 def check_studies_have_values(name: str, studies: list[optuna.Study | None]) -> None:

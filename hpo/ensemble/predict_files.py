@@ -19,11 +19,11 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from hpo.data.idx import read_idx
+from hpo.data.tables import TABLE_SUFFIXES, Dialect, iter_table
+from hpo.ensemble.estimator import EnsembleClassifier, EnsembleRegressor
+from hpo.ensemble.untrusted import probability_text
 from hpo.errors import HpoError
-from hpo.estimator import EnsembleClassifier, EnsembleRegressor
-from hpo.idx import read_idx
-from hpo.tables import TABLE_SUFFIXES, Dialect, iter_table
-from hpo.untrusted import probability_text
 
 
 def iter_features(

@@ -25,10 +25,10 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from hpo.bundle import LoadedBundle, load_bundle
+from hpo.ensemble.bundle import LoadedBundle, load_bundle
+from hpo.ensemble.untrusted import numeric_array
 from hpo.errors import InputError
-from hpo.members import Member, combine
-from hpo.untrusted import numeric_array
+from hpo.models.members import Member, combine
 
 # Values per block of rows predicted at once: memory stays flat, however many rows come.
 BLOCK_VALUES = 2**20

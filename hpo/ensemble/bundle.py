@@ -5,7 +5,7 @@ safetensors (plus their MLP spec in the manifest), GBM members XGBoost UBJSON mo
 rest JSON. The manifest holds the sha256 and byte size of every member file.
 
 Loading trusts nothing it has not checked: every file is a regular file of the bundle
-folder (no link, device or FIFO: see :mod:`hpo.untrusted`) of the size the manifest
+folder (no link, device or FIFO: see :mod:`hpo.ensemble.untrusted`) of the size the manifest
 records, the manifest itself is size- and depth-limited, and each network's declared
 shapes are compared with the tensor shapes in its safetensors header before a network is
 built, so a small bundle cannot make the loader allocate gigabytes.
@@ -33,16 +33,16 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpo import __version__
-from hpo.data import Dataset
-from hpo.ensemble import EnsembleReport
+from hpo.data.dataset import Dataset
+from hpo.data.preprocess import Preprocessor
+from hpo.ensemble.selection import EnsembleReport
+from hpo.ensemble.untrusted import load_json, read_regular_file
 from hpo.errors import HpoError
-from hpo.members import MODEL_ERRORS, GBMMember, Member, NNMember, n_outputs, state_shapes
-from hpo.metrics import MetricName
-from hpo.model import MLPSpec
-from hpo.preprocess import Preprocessor
+from hpo.models.members import MODEL_ERRORS, GBMMember, Member, NNMember, n_outputs, state_shapes
+from hpo.models.metrics import MetricName
+from hpo.models.mlp import MLPSpec
 from hpo.spec import DataSpec, Task
-from hpo.stored import StoredStudy
-from hpo.untrusted import load_json, read_regular_file
+from hpo.storage.stored import StoredStudy
 
 FORMAT = "hpo-ensemble"
 FORMAT_VERSION = 2  # 2: the fitted preprocessing (tables) replaced the scaler
@@ -242,7 +242,7 @@ def export_stored(
     ``fmt`` ``onnx`` plus its ``model.onnx`` (needs the onnx extra)."""
     extra: dict[str, bytes] = {}
     if fmt != "bundle":
-        from hpo.onnx_export import onnx_files
+        from hpo.ensemble.onnx_export import onnx_files
 
         extra = onnx_files(report, found.data, fmt)
     target = target_name(found.spec.data)
@@ -292,7 +292,7 @@ def export_bundle(
                 "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
             }
         )
-    files.update(extra_files or {})  # model.onnx (hpo.onnx_export): checked like the others
+    files.update(extra_files or {})  # model.onnx (ensemble.onnx_export): checked like the others
     manifest = Manifest.model_validate(
         {
             "format": FORMAT,
