@@ -28,8 +28,8 @@ from test_hostile import hpo, one_error_line
 from typer.testing import CliRunner, Result
 
 import hpo as hpo_lib
-from hpo import bundle as bundle_module
 from hpo.cli import app
+from hpo.ensemble import bundle as bundle_module
 from hpo.ensemble.predict_files import predict_to_csv
 from hpo.errors import HpoError
 
