@@ -11,7 +11,7 @@ process that spins on a core:
 
 - ``torch default``: what hpo did before: every core, OpenMP's default wait policy;
 - ``OMP_NUM_THREADS=1``: the reference of the issue;
-- ``hpo default``: what ``hpo run`` picks now (:func:`hpo.threads.configure_threads`).
+- ``hpo default``: what ``hpo run`` picks now (:func:`hpo.models.threads.configure_threads`).
 
 Workloads: the digits study's first trial (its enqueued baseline, 30 epochs), and the
 course's Fashion-MNIST network for one epoch on 12,000 rows (large enough that a second
@@ -44,10 +44,10 @@ TRIAL = r"""
 import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, os.environ["HPO_REPO"])
-from hpo.threads import configure_threads
-from hpo.data import load_dataset
+from hpo.models.threads import configure_threads
+from hpo.data.dataset import load_dataset
 from hpo.spec import DataSpec, load_spec
-from hpo.model import MLPSpec
+from hpo.models.mlp import MLPSpec
 workload = sys.argv[1]
 if workload == "digits":
     spec, base = load_spec(Path(os.environ["HPO_REPO"]) / "studies" / "digits.yaml")
@@ -63,7 +63,7 @@ else:
 if os.environ["HPO_THREADS_BENCH"] == "hpo":
     configure_threads(len(data.train.y), data.n_features)
 import torch
-from hpo.train import train_mlp
+from hpo.models.train import train_mlp
 start = time.perf_counter()
 train_mlp(mlp, data, epochs=epochs, patience=epochs, seed=0, device="cpu")
 print(json.dumps({"seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),

@@ -139,7 +139,7 @@ def main() -> None:
         if not args.no_fashion and FASHION.is_dir():
             data = {"source": "idx", "path": str(FASHION), "limit": args.fashion_limit}
             fashion = export(work, "fashion", spec("fashion", data, "multiclass"))
-            from hpo.idx import read_idx
+            from hpo.data.idx import read_idx
 
             images = sorted(FASHION.glob("t10k-images*"))[0]
             rows = read_idx(images).reshape(-1, 784)[:2000].astype(np.float64)

@@ -24,10 +24,10 @@ import itertools
 
 from _common import REPO, write_result
 
-from hpo.nn_study import make_pruner, make_sampler
-from hpo.search_space import suggest
 from hpo.spec import load_spec
-from hpo.storage import mask_url, open_storage
+from hpo.storage.backend import mask_url, open_storage
+from hpo.studies.search_space import suggest
+from hpo.studies.study import PrunerSteps, make_pruner, make_sampler
 
 EPOCHS = 30  # digits.yaml: one report per epoch
 
@@ -55,7 +55,7 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
     study = optuna.create_study(
         storage=storage,
         sampler=make_sampler(spec),
-        pruner=make_pruner(spec, EPOCHS),
+        pruner=make_pruner(spec, PrunerSteps(EPOCHS)),
         study_name=f"overhead-{time.time_ns()}",
     )
     stamps: list[float] = []
@@ -75,9 +75,9 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
 
 def digits_median_trial_s() -> float:
     """Median wall time of real digits trials (train + Optuna), from a short run."""
-    from hpo.data import load_dataset
-    from hpo.nn_study import NNObjective
-    from hpo.storage import open_artifacts
+    from hpo.data.dataset import load_dataset
+    from hpo.storage.backend import open_artifacts
+    from hpo.studies.nn import NNObjective
 
     spec, base = load_spec(REPO / "studies" / "digits.yaml")
     data = load_dataset(spec.data, spec.task, base, spec.seed)
@@ -85,7 +85,7 @@ def digits_median_trial_s() -> float:
         study = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
             sampler=make_sampler(spec),
-            pruner=make_pruner(spec, spec.nn.epochs),
+            pruner=make_pruner(spec, PrunerSteps(spec.nn.epochs)),
         )
         study.optimize(NNObjective(spec, data, open_artifacts(tmp)), n_trials=20)
     durations = [t.duration.total_seconds() for t in study.trials if t.duration]

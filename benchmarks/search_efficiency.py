@@ -27,13 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FASHION, REPO, write_result
 from reference import ImageItems, reference_objective
 
-from hpo.data import load_dataset
-from hpo.idx import read_idx
-from hpo.model import MLPSpec, build_mlp
-from hpo.nn_study import NNObjective, make_pruner, make_sampler
-from hpo.search_space import suggest
+from hpo.data.dataset import load_dataset
+from hpo.data.idx import read_idx
+from hpo.models.mlp import MLPSpec, build_mlp
 from hpo.spec import load_spec
-from hpo.storage import open_artifacts
+from hpo.storage.backend import open_artifacts
+from hpo.studies.nn import NNObjective
+from hpo.studies.search_space import suggest
+from hpo.studies.study import PrunerSteps, make_pruner, make_sampler
 
 TARGET = 0.88
 
@@ -68,7 +69,9 @@ def run_hpo(pruner: str, budget: float, epochs: int) -> dict[str, Any]:
     data = load_dataset(spec.data, spec.task, base, spec.seed)
     data.tensors("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        study = optuna.create_study(sampler=make_sampler(spec), pruner=make_pruner(spec, epochs))
+        study = optuna.create_study(
+            sampler=make_sampler(spec), pruner=make_pruner(spec, PrunerSteps(epochs))
+        )
         start = time.time()
         study.optimize(NNObjective(spec, data, open_artifacts(tmp)), timeout=budget)
     return summarize(study, start, lambda t: t.user_attrs["val_accuracy"])

@@ -24,11 +24,11 @@ from _common import FASHION, write_result
 from reference import ImageItems, course_model
 from reference import train_epoch as reference_epoch
 
-from hpo.data import load_dataset
-from hpo.idx import read_idx
-from hpo.model import MLPSpec, build_mlp
+from hpo.data.dataset import load_dataset
+from hpo.data.idx import read_idx
+from hpo.models.mlp import MLPSpec, build_mlp
+from hpo.models.train import loss_function, make_optimizer, train_epoch
 from hpo.spec import DataSpec
-from hpo.train import loss_function, make_optimizer, train_epoch
 
 COURSE_LAYERS = [
     {

@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
-from hpo.search_space import suggest  # noqa: E402
 from hpo.spec import StudySpec  # noqa: E402
+from hpo.studies.search_space import suggest  # noqa: E402
 
 
 def machine() -> dict[str, Any]:

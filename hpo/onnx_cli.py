@@ -13,22 +13,23 @@ from typing import Annotated
 
 import typer
 
+from hpo.ensemble.onnx_runtime import predict_with_engine, use_onnx
 from hpo.errors import HpoError
-from hpo.onnx_runtime import predict_with_engine, use_onnx
 
-slim = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+slim = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+# The options of `hpo predict`, here and in hpo.cli.
+BundleArg = Annotated[Path, typer.Argument(metavar="DIR", help="Bundle directory (hpo export)")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", help="CSV [default: stdout]")]
+ProbaOpt = Annotated[bool, typer.Option("--proba", help="Add one probability column per class")]
 
 
 @slim.command()
 def predict(
-    bundle: Annotated[Path, typer.Argument(metavar="DIR", help="Bundle directory (hpo export)")],
+    bundle: BundleArg,
     input_path: Annotated[Path, typer.Option("--input", help="Raw features: .csv or .npy")],
-    output: Annotated[
-        Path | None, typer.Option("--output", help="CSV to write [default: stdout]")
-    ] = None,
-    proba: Annotated[
-        bool, typer.Option("--proba", help="Add one probability column per class")
-    ] = False,
+    output: OutputOpt = None,
+    proba: ProbaOpt = False,
     engine: Annotated[str, typer.Option("--engine", help="auto or onnx")] = "auto",
 ) -> None:
     """Predict with a bundle's model.onnx on ONNX Runtime."""

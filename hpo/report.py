@@ -20,9 +20,10 @@ from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
-from hpo.summary import METRIC_KEYS, state_counts
+from hpo.storage import stored
+from hpo.storage.stored import METRIC_KEYS, Leaderboard, state_counts
 
-ENSEMBLE_ATTR = "ensemble"  # the ensemble leaderboard, in the NN study's user attrs
+FEW_TRIALS = 20  # below this many completed trials, importances come with a caveat
 PLOT_HEIGHT = 420  # px: readable on a laptop screen without scrolling inside a plot
 STATE_STYLE = {  # learning curves: colour and dash by trial state
     "COMPLETE": ("#1f77b4", "solid"),
@@ -81,8 +82,9 @@ def render_report(studies: list[optuna.Study], *, title: str) -> str:
         f"written {dt.datetime.now():%Y-%m-%d %H:%M}.</p>",
     ]
     for study in studies:
-        if ENSEMBLE_ATTR in study.user_attrs:
-            body += _ensemble_section(study.user_attrs[ENSEMBLE_ATTR])
+        board = Leaderboard.from_json(study.user_attrs.get(stored.LEADERBOARD))
+        if board is not None:
+            body += _ensemble_section(board)
     for study in studies:
         body += _study_section(study)
     return (
@@ -97,7 +99,7 @@ def render_report(studies: list[optuna.Study], *, title: str) -> str:
 def _study_section(study: optuna.Study) -> list[str]:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    is_nn = study.study_name.endswith("-nn")
+    is_nn = stored.study_kind(study) == "nn"
     # The named objective (val_log_loss, val_rmse); older studies have no name.
     objective = study.metric_names[0] if study.metric_names else "objective"
     step = "epoch" if is_nn else "step"
@@ -149,15 +151,15 @@ def _facts_table(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) 
     attrs = study.user_attrs
     counts = ", ".join(f"{k.lower()} {v}" for k, v in state_counts(study).items()) or "none"
     rows: list[tuple[str, str]] = [
-        ("dataset", str(attrs.get("dataset", "?"))),
-        ("task", str(attrs.get("task", "?"))),
+        ("dataset", str(attrs.get(stored.DATASET, "?"))),
+        ("task", str(attrs.get(stored.TASK, "?"))),
         ("trials", counts),
     ]
-    if "split_sizes" in attrs:
-        train, val, test = attrs["split_sizes"]
+    if stored.SPLIT_SIZES in attrs:
+        train, val, test = attrs[stored.SPLIT_SIZES]
         rows.append(("rows", f"train {train}, validation {val}, test {test}"))
-    if "spec_hash" in attrs:
-        rows.append(("spec hash", f"<code>{_esc(attrs['spec_hash'])}</code>"))
+    if stored.SPEC_HASH in attrs:
+        rows.append(("spec hash", f"<code>{_esc(attrs[stored.SPEC_HASH])}</code>"))
     if complete:
         best = study.best_trial
         metrics = ", ".join(
@@ -169,8 +171,8 @@ def _facts_table(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) 
                 f"{best.value:.4f} (trial {best.number}{'; ' + metrics if metrics else ''})",
             )
         )
-        if "architecture" in best.user_attrs:
-            rows.append(("best architecture", str(best.user_attrs["architecture"])))
+        if stored.ARCHITECTURE in best.user_attrs:
+            rows.append(("best architecture", str(best.user_attrs[stored.ARCHITECTURE])))
         params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in best.params.items())
         rows.append(("best params", params))
     cells = "".join(
@@ -239,31 +241,38 @@ def _importances_html(study: optuna.Study, n_complete: int, params: list[str]) -
         )
     except (ValueError, RuntimeError) as e:  # e.g. every parameter pinned to one value
         return f"<p class='empty'>Not available: {_esc(str(e))}</p>"
+    caveat = (
+        f" Only {n_complete} completed trials: read these as a rough hint, not a ranking "
+        f"(fANOVA needs a few dozen to be stable)."
+        if n_complete < FEW_TRIALS
+        else ""
+    )
     return (
         "<p class='hint'>How much of the variation in the objective each parameter explains "
-        "(fANOVA over the completed trials).</p>" + _figure_html(fig)
+        f"(fANOVA over the completed trials).{caveat}</p>" + _figure_html(fig)
     )
 
 
-def _ensemble_section(board: dict[str, Any]) -> list[str]:
-    """The ensemble leaderboard that the ensemble step stores in the NN study's user attrs."""
-    rows = [r for r in board.get("rows", []) if isinstance(r, dict)]
-    metric = str(board.get("metric", "metric"))
-    method = str(board.get("method", ""))
-    parts = [f"<h2>Members against the ensemble ({_esc(method)})</h2>"]
+def _ensemble_section(board: Leaderboard) -> list[str]:
+    """The ensemble leaderboard that the ensemble step stores in the NN study's user attrs.
+
+    Ranked by validation, as the ensemble was chosen: ranking on test would invite
+    choosing on test.
+    """
+    metric, sign = board.metric, -1.0 if board.higher_is_better else 1.0
+    rows = sorted(
+        (r.model_dump() for r in board.rows), key=lambda r: _sort_key(r["val_metric"], sign)
+    )
+    parts = [f"<h2>Members against the ensemble ({_esc(board.method)})</h2>"]
     if not rows:
         return [*parts, "<p class='empty'>The ensemble has no rows.</p>"]
-    higher_is_better = bool(
-        board.get("higher_is_better", metric not in ("rmse", "mae", "log_loss"))
-    )
-    sign = -1.0 if higher_is_better else 1.0
-    rows.sort(key=lambda r: _sort_key(r.get("test_metric"), sign))
     parts.append(
         f"<p class='hint'>Validation and test {_esc(metric)} of each member and of the "
-        f"ensemble ({'higher' if higher_is_better else 'lower'} is better); best first.</p>"
+        f"ensemble ({'higher' if board.higher_is_better else 'lower'} is better); best on "
+        "validation first. Test scores are for reading only: choose on validation.</p>"
     )
     parts.append(_figure_html(_ensemble_figure(rows, metric), height=max(260, 60 + 34 * len(rows))))
-    parts.append(_leaderboard_table(rows, metric, str(board.get("loss", "loss"))))
+    parts.append(_leaderboard_table(rows, metric, board.loss))
     return parts
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -41,7 +42,7 @@ ACTIVATIONS: tuple[Activation, ...] = Activation.__args__  # type: ignore[attr-d
 INITIALIZERS: tuple[Initializer, ...] = Initializer.__args__  # type: ignore[attr-defined]
 NORMALIZATIONS: tuple[Normalization, ...] = Normalization.__args__  # type: ignore[attr-defined]
 OPTIMIZERS: tuple[Optimizer, ...] = Optimizer.__args__  # type: ignore[attr-defined]
-# What the leaderboard ranks and the greedy ensemble optimizes (hpo.metrics computes them).
+# What the leaderboard ranks and the greedy ensemble optimizes (hpo.models.metrics computes them).
 MetricName = Literal[
     "accuracy", "balanced_accuracy", "roc_auc", "log_loss", "f1", "rmse", "mae", "r2"
 ]
@@ -80,32 +81,43 @@ def _pin_choice(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
-class FloatRange(_Frozen):
+class _Range(_Frozen):
+    """A numeric dimension from ``low`` to ``high``, on a log scale with ``log``."""
+
+    if TYPE_CHECKING:  # declared by each subclass, in the order its YAML is written
+        low: float
+        high: float
+        log: bool
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        self._check_low()
+        return self
+
+    def _check_low(self) -> None:
+        """Refuse a ``low`` the dimension cannot take."""
+
+
+class FloatRange(_Range):
     low: float
     high: float
     log: bool = False
 
-    @model_validator(mode="after")
-    def _check(self) -> FloatRange:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+    def _check_low(self) -> None:
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
-        return self
 
 
-class IntRange(_Frozen):
+class IntRange(_Range):
     low: int
     high: int
     log: bool = False
 
-    @model_validator(mode="after")
-    def _check(self) -> IntRange:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+    def _check_low(self) -> None:
         if self.low < 1:
             raise ValueError("must be at least 1")
-        return self
 
 
 FloatDim = Annotated[FloatRange, BeforeValidator(_pin_number)]
@@ -248,7 +260,7 @@ class GBMConfig(_Frozen):
     early_stopping_rounds: int = Field(
         default=20, ge=1, description="rounds without a better validation loss"
     )
-    # None: hpo picks per trial, as for the MLP (hpo/threads.py): one thread on small data,
+    # None: hpo picks per trial, as for the MLP (hpo/models/threads.py): one thread on small data,
     # the idle cores on large data; OMP_NUM_THREADS pins it.
     n_jobs: int | None = Field(default=None, ge=1, description="XGBoost threads")
     # Histogram bins per feature: fewer trains faster (2.3x from 256 to 32 on Fashion-MNIST).
@@ -452,6 +464,17 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "nn_members": ("ensemble.nn_members",),
     "gbm_members": ("ensemble.gbm_members",),
 }
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line may set for a run: where (``None``: ``HPO_STORAGE`` /
+    ``HPO_ARTIFACTS`` or the defaults) and how much (``None``: the spec's)."""
+
+    storage: str | None = None
+    artifacts: str | None = None
+    trials: int | None = None  # finished trials per study
+    timeout: float | None = None  # seconds per study
 
 
 def check_overrides(spec: StudySpec, **flags: Any) -> None:

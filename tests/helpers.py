@@ -12,13 +12,13 @@ import numpy as np
 import sklearn.datasets
 from sklearn.model_selection import train_test_split
 
-from hpo.data import Dataset
+from hpo.data.dataset import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def raw_test_split(name: str, data: Dataset, *, seed: int = 0, test_fraction: float = 0.2):
-    """The unscaled test rows of an sklearn dataset, split as ``hpo.data`` splits it.
+    """The unscaled test rows of an sklearn dataset, split as ``hpo.data.dataset`` splits it.
 
     Checked against the study's scaled split, so a change in the split cannot go unseen.
     """

@@ -14,8 +14,8 @@ import optuna
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from hpo.report import ENSEMBLE_ATTR
-from hpo.storage import open_storage
+from hpo.storage.backend import open_storage
+from hpo.storage.stored import LEADERBOARD as ENSEMBLE_ATTR
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless and offline: no sandbox (CI runs as root), no calls home.
@@ -70,7 +70,7 @@ def test_dashboard_shows_the_study_and_its_trials(
     page.goto(f"{page.url}/trials")
     expect(page.get_by_text(f"{n_trials} Trials", exact=True)).to_be_visible()
     # The artifact store is attached: the first trial's model file is listed.
-    expect(page.get_by_text("nn-trial-0.pt")).to_be_visible()
+    expect(page.get_by_text("nn-trial-0.safetensors")).to_be_visible()
 
 
 def test_report_opens_without_errors_and_shows_its_plots(

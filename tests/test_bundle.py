@@ -20,10 +20,11 @@ from typer.testing import CliRunner, Result
 
 import hpo
 from hpo.cli import app
-from hpo.ensemble import build_ensemble, open_stored
+from hpo.ensemble.estimator import EnsembleClassifier, EnsembleRegressor
+from hpo.ensemble.selection import build_ensemble
 from hpo.errors import HpoError
-from hpo.estimator import EnsembleClassifier, EnsembleRegressor
-from hpo.storage import open_artifacts, open_storage
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import StoredStudy
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,10 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> Tuned:
     exported = runner.invoke(app, ["export", "tiny", "--out", str(t.bundle), *t.storage_args()])
     assert exported.exit_code == 0, exported.output
 
-    stored = open_stored("tiny", open_storage(f"sqlite:///{t.db}", must_exist=True))
+    stored = StoredStudy.open("tiny", open_storage(f"sqlite:///{t.db}", must_exist=True))
     report = build_ensemble(
         "tiny",
-        stored.nn_study,
-        stored.gbm_study,
+        stored.studies,
         stored.data,
         stored.spec.ensemble,
         open_artifacts(str(t.artifacts)),
@@ -154,6 +154,10 @@ def test_a_fresh_process_predicts_as_the_study_did_without_the_database(
     np.testing.assert_array_equal(labels, tuned.in_study.argmax(axis=1))
     csv_proba = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
     np.testing.assert_allclose(csv_proba, tuned.in_study, atol=1e-6, rtol=0)
+    # Rounded to 6 significant digits, not 17: each cell is written as its %.6g.
+    cells = [v for r in rows[1:] for v in r[1:]]
+    assert all(v == f"{float(v):.6g}" for v in cells)
+    assert max(len(v.split("e")[0].replace(".", "").lstrip("0")) for v in cells) <= 6
 
 
 def test_load_ensemble_follows_sklearn_conventions(tuned: Tuned) -> None:
@@ -353,7 +357,7 @@ def test_regression_and_binary_bundles_predict_as_the_study(
     name = dataset.replace("_", "-")
     assert cli("export", name, "--out", "bundle").exit_code == 0
 
-    stored = open_stored(name, open_storage(must_exist=True))
+    stored = StoredStudy.open(name, open_storage(must_exist=True))
     board = stored.nn_study.user_attrs["ensemble"]
     exported = next(r for r in board["rows"] if r["name"] == f"ensemble ({board['method']})")
     model = hpo.load_ensemble("bundle")

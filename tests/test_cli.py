@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
-from hpo import idx
+import hpo
+from hpo.data import idx
 
 
 def assert_one_error_line(result, message: str) -> None:
@@ -24,7 +28,11 @@ def test_run_status_best(cli, write_spec, workdir: Path) -> None:
     spec = write_spec()
     result = cli("run", spec, "--trials", "3")
     assert result.exit_code == 0, result.stderr
-    assert "Best trial #" in result.stdout and "tiny-nn: best 5 trials" in result.stdout
+    assert "Best trial #" in result.stdout
+    # The title counts the rows it shows: completed trials, at most 5.
+    nn = optuna.load_study(study_name="tiny-nn", storage="sqlite:///storage/hpo.db")
+    shown = min(5, len(nn.get_trials(states=(TrialState.COMPLETE,))))
+    assert re.search(rf"tiny-nn: best {shown} trial{'s' if shown != 1 else ''} ", result.stdout)
     assert (workdir / "storage" / "hpo.db").exists()
     assert any((workdir / "storage" / "artifacts").iterdir())
 
@@ -96,15 +104,15 @@ def test_unreachable_database(cli, write_spec, workdir, url: str, message: str) 
 
 
 def test_read_commands_do_not_create_a_database(cli, workdir: Path) -> None:
-    assert_one_error_line(cli("status", "tiny"), "no database at storage/hpo.db")
+    # The absolute path: run from the wrong folder, a user sees which folder was looked in.
+    missing = workdir.resolve() / "storage" / "hpo.db"
+    assert_one_error_line(cli("status", "tiny"), f"no database at {missing} ")
     assert not (workdir / "storage").exists()
 
 
 def test_unknown_study_name(cli, write_spec) -> None:
     cli("run", write_spec(), "--trials", "1")
-    assert_one_error_line(
-        cli("best", "other"), "no study named 'other' (studies here: tiny-gbm, tiny-nn)"
-    )
+    assert_one_error_line(cli("best", "other"), "no study named 'other' (studies here: tiny)")
 
 
 def test_data_fetch_without_internet_fails_clearly(cli, workdir: Path, monkeypatch) -> None:
@@ -127,3 +135,65 @@ def test_installed_entry_point_runs(write_spec, workdir: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Best trial #0" in done.stdout
+
+
+def test_version_and_help_without_type_placeholders(cli) -> None:
+    version = cli("--version")
+    assert version.exit_code == 0 and version.stdout == f"hpo {hpo.__version__}\n"
+    for command in ("run", "status", "export"):
+        shown = cli(command, "--help")
+        assert shown.exit_code == 0 and "--storage" in shown.stdout
+        assert "<bool>" not in shown.stdout, shown.stdout
+
+
+def test_quiet_prints_no_trial_lines_when_piped(cli, write_spec, workdir: Path) -> None:
+    spec = write_spec()
+    chatty = cli("run", spec, "--trials", "1")
+    assert chatty.exit_code == 0, chatty.stderr
+    assert re.search(r"^tiny-nn trial 0 (complete|pruned)", chatty.stderr, re.M)
+    # The first run in a folder says where it makes the database; the next one does not.
+    assert f"tiny: a new SQLite database at {workdir.resolve()}/storage/hpo.db\n" in chatty.stderr
+    quiet = cli("run", spec, "--trials", "2", "-q")
+    assert quiet.exit_code == 0, quiet.stderr
+    assert " trial " not in quiet.stderr and "new SQLite database" not in quiet.stderr
+    assert "Best trial #" in quiet.stdout
+
+
+def test_status_and_best_read_as_text_and_exact_as_json(cli, write_spec) -> None:
+    assert cli("run", write_spec(), "--trials", "2", "-q").exit_code == 0
+    gbm = cli("status", "tiny-gbm")
+    header = next(line for line in gbm.stdout.splitlines() if "secs" in line)
+    assert "rounds" in header and "depth" in header and "epochs" not in header
+    assert "optimizer" not in header and "tiny-nn" not in gbm.stdout
+    text = cli("best", "tiny")
+    assert text.exit_code == 0 and "{" not in text.stdout and "tiny-gbm" in text.stdout
+    exact = json.loads(cli("best", "tiny", "--json").stdout)["tiny-nn"]
+    # Rounded: no long float of the JSON appears with all its digits.
+    floats = [v for v in (*exact["metrics"].values(), *exact["params"].values())]
+    long = [repr(v) for v in floats if isinstance(v, float) and len(repr(v)) > 8]
+    assert long and not [r for r in long if r in text.stdout], text.stdout
+    nn = optuna.load_study(study_name="tiny-nn", storage="sqlite:///storage/hpo.db")
+    assert exact["value"] == nn.best_value
+    assert exact["metrics"]["val_accuracy"] == nn.best_trial.user_attrs["val_accuracy"]
+    assert f"metrics: val_accuracy {exact['metrics']['val_accuracy']:.4f}" in text.stdout
+
+
+def test_a_misspelt_spec_name_suggests_the_right_one(cli, write_spec) -> None:
+    assert cli("run", write_spec(), "--trials", "1", "-q").exit_code == 0
+    assert_one_error_line(
+        cli("status", "tin"), "no study named 'tin' (studies here: tiny; did you mean tiny?)"
+    )
+
+
+def test_export_writes_the_method_the_ensemble_command_points_to(cli, write_spec) -> None:
+    assert cli("run", write_spec(), "-q").exit_code == 0
+    shown = cli("ensemble", "tiny", "--method", "average")
+    assert shown.exit_code == 0, shown.stderr
+    assert "(* average ensemble; `hpo export --method average` writes it)" in shown.stdout
+    done = cli("export", "tiny", "--out", "b", "--method", "average")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(Path("b/manifest.json").read_text())["method"] == "average"
+    assert "tiny: average ensemble of" in done.stderr
+    spec_default = cli("export", "tiny", "--out", "c")
+    assert json.loads(Path("c/manifest.json").read_text())["method"] == "greedy"
+    assert spec_default.exit_code == 0 and "tiny: greedy ensemble of" in spec_default.stderr

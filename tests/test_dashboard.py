@@ -17,7 +17,7 @@ import optuna_dashboard
 import pytest
 import yaml
 
-from hpo.storage import open_storage
+from hpo.storage.backend import open_storage
 
 NOTE_VERSION = "dashboard:note_ver"  # optuna-dashboard's system attr for the study note
 
@@ -57,7 +57,8 @@ def test_dashboard_on_a_storage_that_does_not_exist_is_one_error_line(
 def test_dashboard_without_a_database_is_an_error(cli: Callable[..., Any]) -> None:
     result = cli("dashboard")
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: no database at storage/hpo.db")
+    missing = Path("storage/hpo.db").resolve()
+    assert result.stderr.startswith(f"Error: no database at {missing} "), result.stderr
 
 
 def test_dashboard_on_a_taken_port_is_an_error(
@@ -112,7 +113,7 @@ def test_run_finishes_while_the_dashboard_polls_the_same_sqlite_file(
     tmp_path: Path,
 ) -> None:
     """optuna-dashboard#545: a dashboard reading the SQLite file crashed the run with
-    "database is locked". WAL mode and the busy timeout in hpo.storage must prevent it."""
+    "database is locked". WAL mode and the busy timeout in hpo.storage.backend must prevent it."""
     spec_path = write_spec()
     assert cli("run", spec_path, "--trials", "1", "-q").exit_code == 0
     url = dashboard()

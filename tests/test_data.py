@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo.data import Scaler, load_dataset
+from hpo.data.dataset import Scaler, load_dataset
+from hpo.data.idx import read_idx
 from hpo.errors import HpoError
-from hpo.idx import read_idx
 from hpo.spec import DataSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -10,9 +10,10 @@ import optuna
 import pytest
 from typer.testing import Result
 
-from hpo.ensemble import average_weights, build_ensemble, greedy_weights, open_stored
-from hpo.metrics import validation_loss
-from hpo.storage import open_artifacts, open_storage
+from hpo.ensemble.selection import average_weights, build_ensemble, greedy_weights
+from hpo.models.metrics import validation_loss
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import StoredStudy
 
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
 
@@ -119,7 +120,7 @@ def test_ensemble_command_rebuilds_from_storage_with_overrides(
     assert "ensemble (average) *" in rows
 
     store = open_storage(must_exist=True)
-    stored = open_stored("tiny-gbm", store)  # a full study name means its spec too
+    stored = StoredStudy.open("tiny-gbm", store)  # a full study name means its spec too
     board = stored.nn_study.user_attrs["ensemble"]
     assert board["method"] == "average"
     weights = [r["weight"] for r in board["rows"] if r["kind"] != "ensemble"]
@@ -128,14 +129,13 @@ def test_ensemble_command_rebuilds_from_storage_with_overrides(
     # Deterministic: building again from storage gives the same numbers.
     again = build_ensemble(
         "tiny",
-        stored.nn_study,
-        stored.gbm_study,
+        stored.studies,
         stored.data,
         stored.spec.ensemble.model_copy(update={"method": "average", "gbm_members": 1}),
         open_artifacts(),
         metric=stored.spec.metric,
     )
-    assert again.leaderboard == board
+    assert again.leaderboard.to_json() == board
 
 
 def test_ensemble_of_an_unknown_study_is_one_clear_error(

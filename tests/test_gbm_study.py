@@ -11,13 +11,14 @@ import pytest
 from conftest import TINY_SPEC
 from optuna.trial import TrialState
 
-from hpo.data import load_dataset
-from hpo.ensemble import load_gbm_member
+from hpo.data.dataset import load_dataset
+from hpo.ensemble.selection import load_member
 from hpo.errors import HpoError
-from hpo.gbm_study import GBMObjective, baseline_params, run_gbm_study, xgb_params
-from hpo.metrics import score
+from hpo.models.metrics import score
 from hpo.spec import GBMSpace, StudySpec, load_spec
-from hpo.storage import open_artifacts, open_storage
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.studies.gbm import GBM, GBMObjective, baseline_params, xgb_params
+from hpo.studies.study import run_study
 
 
 def _spec(**changes: object) -> StudySpec:
@@ -28,7 +29,7 @@ def test_gbm_trials_keep_models_that_reproduce_their_metrics(workdir: Path) -> N
     spec = _spec()
     data = load_dataset(spec.data, spec.task, workdir, spec.seed)
     storage, artifacts = open_storage(), open_artifacts()
-    study = run_gbm_study(spec, data, storage, artifacts, n_trials=3)
+    study = run_study(GBM, spec, data, storage, artifacts, n_trials=3)
 
     assert study.study_name == "tiny-gbm"
     assert study.user_attrs["task"] == "multiclass"
@@ -44,7 +45,7 @@ def test_gbm_trials_keep_models_that_reproduce_their_metrics(workdir: Path) -> N
         assert 1 <= attrs["n_estimators_used"] == attrs["best_iteration"] + 1 <= 30
         assert attrs["rounds_run"] >= attrs["n_estimators_used"]
         # The saved model holds exactly the trees it was scored with.
-        member = load_gbm_member(trial, study.study_name, artifacts, data)
+        member = load_member("gbm", trial, study.study_name, artifacts, data)
         assert member.booster.num_boosted_rounds() == attrs["n_estimators_used"]
         proba = member.predict(data.val.x)
         assert proba.shape == (len(data.val.y), 10)
@@ -59,8 +60,8 @@ def test_gbm_study_tops_up_to_its_target(workdir: Path) -> None:
     spec = _spec()
     data = load_dataset(spec.data, spec.task, workdir, spec.seed)
     storage, artifacts = open_storage(), open_artifacts()
-    run_gbm_study(spec, data, storage, artifacts, n_trials=2)
-    study = run_gbm_study(spec, data, storage, artifacts, n_trials=3)
+    run_study(GBM, spec, data, storage, artifacts, n_trials=2)
+    study = run_study(GBM, spec, data, storage, artifacts, n_trials=3)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 3
 

@@ -26,11 +26,11 @@ from helpers import REPO
 from sqlalchemy.engine import make_url
 from typer.testing import Result
 
-from hpo.data import resolve_data_path
+from hpo.data.dataset import resolve_data_path
 from hpo.errors import HpoError
-from hpo.masking import mask_text, mask_url, url_secrets
 from hpo.spec import load_spec
-from hpo.workers import LocalWorkers
+from hpo.storage.masking import mask_text, mask_url, url_secrets
+from hpo.studies.workers import LocalWorkers
 
 MEMORY_LIMIT = 3 * 2**30  # address space: the CLI with torch and XGBoost loaded needs ~1.2 GB
 HOSTILE_TIMEOUT_S = 60  # a hang fails the test; an Error comes within seconds of the imports

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 
-from hpo.storage import open_storage
+from hpo.storage.backend import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,15 +14,16 @@ import pytest
 from typer.testing import Result
 
 import hpo
-from hpo.ensemble import greedy_weights, load_gbm_member, load_nn_member, open_stored
-from hpo.metrics import (
+from hpo.ensemble.selection import greedy_weights, load_member
+from hpo.models.metrics import (
     constant_prediction,
     recorded_metrics,
     score,
     selection_key,
     validation_loss,
 )
-from hpo.storage import open_artifacts, open_storage
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import StoredStudy
 
 STORAGE = "sqlite:///storage/hpo.db"
 
@@ -178,9 +179,8 @@ def test_binary_runs_record_and_show_roc_auc(
         assert top.user_attrs["val_roc_auc"] > 0.9 and top.user_attrs["test_roc_auc"] > 0.9
         # Both objectives are the log loss of the saved model on validation: the NN's
         # binary cross-entropy and XGBoost's logloss are one quantity.
-        stored = open_stored("tiny", open_storage(must_exist=True))
-        load = load_nn_member if kind == "nn" else load_gbm_member
-        member = load(top, f"tiny-{kind}", open_artifacts(), stored.data)
+        stored = StoredStudy.open("tiny", open_storage(must_exist=True))
+        member = load_member(kind, top, f"tiny-{kind}", open_artifacts(), stored.data)
         pred = member.predict(stored.data.val.x)
         assert validation_loss("binary", pred, stored.data.val.y) == pytest.approx(
             top.value, rel=1e-3

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.model import GAINS, MLPSpec, build_mlp, init_linear
+from hpo.models.mlp import GAINS, MLPSpec, build_mlp, init_linear
+from hpo.models.train import make_optimizer
 from hpo.spec import ACTIVATIONS, NORMALIZATIONS
-from hpo.train import make_optimizer
 
 BASE = {
     "depth": 2,

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import hpo
 from hpo.cli import app
-from hpo.onnx_runtime import OnnxEnsemble
+from hpo.ensemble.onnx_runtime import OnnxEnsemble
 
 REPO = Path(__file__).resolve().parents[1]
 SLIM_SET = ["onnxruntime", "numpy", "typer"]

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.data import load_dataset
-from hpo.nn_study import open_nn_study, run_nn_study
-from hpo.parallel import INTERRUPTS
-from hpo.runner import open_spec_storage
+from hpo.data.dataset import load_dataset
 from hpo.spec import load_spec
-from hpo.storage import mask_text, mask_url, open_artifacts
-from hpo.workers import threads_per_worker, visible_gpus, worker_env
-
-BASELINES = [
-    {"depth": 1, "width": 32, "optimizer": "adam"},
-    {"depth": 2, "width": 16, "optimizer": "sgd"},
-    {"depth": 1, "width": 64, "batch_size": 128},
-]
+from hpo.storage.backend import mask_text, mask_url, open_artifacts
+from hpo.studies.nn import NN
+from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.runner import open_spec_storage
+from hpo.studies.study import open_study, run_study
+from hpo.studies.workers import threads_per_worker, visible_gpus, worker_env
 
 
 def test_threads_are_split_and_each_worker_gets_its_own_gpu() -> None:
@@ -91,42 +84,14 @@ def test_a_stale_trial_is_failed_and_retried_when_a_worker_starts(write_spec) ->
     data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
     storage = open_spec_storage(spec, None)
     # A worker that asked for a trial, beat once, and died.
-    study = open_nn_study(spec, storage, data)
+    study = open_study(NN, spec, storage, data)
     dead = study.ask({"depth": optuna.distributions.IntDistribution(1, 2)})
     storage.record_heartbeat(dead._trial_id)
     time.sleep(spec.grace_period + 0.5)
 
-    study = run_nn_study(spec, data, storage, open_artifacts(), n_trials=1)
+    study = run_study(NN, spec, data, storage, open_artifacts(), n_trials=1)
     trials = study.get_trials(deepcopy=False)
     assert trials[0].state == TrialState.FAIL
     retry = trials[1]
     assert retry.system_attrs["failed_trial"] == 0 and retry.params["depth"] == dead.params["depth"]
     assert retry.state == TrialState.COMPLETE and len(trials) == 2
-
-
-def _open_at_once(spec_path: Path, url: str, barrier: multiprocessing.synchronize.Barrier) -> None:
-    spec, base_dir = load_spec(spec_path)
-    data = load_dataset(spec.data, spec.task, base_dir, spec.seed)
-    storage = open_spec_storage(spec, url)
-    barrier.wait()  # every process creates the study in the same instant
-    open_nn_study(spec, storage, data)
-
-
-def test_workers_creating_one_study_at_once_enqueue_each_baseline_once(
-    write_spec, pg_url: str
-) -> None:
-    spec_path = write_spec({"name": "race", "nn": {"baselines": BASELINES}})
-    ctx = multiprocessing.get_context("fork")  # fast: nothing to import again
-    barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_open_at_once, args=(spec_path, pg_url, barrier)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-
-    storage = optuna.storages.RDBStorage(pg_url)
-    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["race-nn"]
-    waiting = optuna.load_study(study_name="race-nn", storage=storage).get_trials()
-    assert len(waiting) == len(BASELINES)
-    assert all(t.state == TrialState.WAITING and t.user_attrs["baseline"] for t in waiting)

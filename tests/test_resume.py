@@ -18,9 +18,9 @@ import sklearn.datasets
 from helpers import REPO, run_hpo
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.resume import space_changes
 from hpo.spec import FloatRange, GBMSpace, IntRange, NNSpace
-from hpo.storage import open_storage
+from hpo.storage.backend import open_storage
+from hpo.studies.resume import space_changes
 
 STUDIES = ("tiny-nn", "tiny-gbm")
 

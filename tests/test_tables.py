@@ -16,13 +16,14 @@ from typer.testing import CliRunner, Result
 
 import hpo
 from hpo.cli import app
-from hpo.data import load_dataset
-from hpo.ensemble import build_ensemble, open_stored
+from hpo.data.dataset import load_dataset
+from hpo.data.preprocess import Preprocessor
+from hpo.data.tables import Dialect, read_table
+from hpo.ensemble.selection import build_ensemble
 from hpo.errors import InputError
-from hpo.preprocess import Preprocessor
 from hpo.spec import DataSpec
-from hpo.storage import open_artifacts, open_storage
-from hpo.tables import Dialect, read_table
+from hpo.storage.backend import open_artifacts, open_storage
+from hpo.storage.stored import StoredStudy
 
 
 def _table(n: int = 120, seed: int = 0) -> pd.DataFrame:
@@ -331,11 +332,10 @@ def test_text_in_a_numeric_column_at_predict_is_one_error(table_study: TableStud
 def test_the_bundle_predicts_as_the_study_did(table_study: TableStudy) -> None:
     """JSON preprocessing and UBJSON boosters with native categories agree with the study."""
     store = open_storage(f"sqlite:///{table_study.root / 'hpo.db'}", must_exist=True)
-    stored = open_stored("people", store)
+    stored = StoredStudy.open("people", store)
     report = build_ensemble(
         "people",
-        stored.nn_study,
-        stored.gbm_study,
+        stored.studies,
         stored.data,
         stored.spec.ensemble,
         open_artifacts(str(table_study.root / "art")),

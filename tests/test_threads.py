@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from hpo import threads
-from hpo.threads import choose_threads, configure_threads, default_threads, idle_cpus
+from hpo.models import threads
+from hpo.models.threads import choose_threads, configure_threads, default_threads, idle_cpus
 
 
 def test_small_data_trains_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from hpo.data import load_dataset
-from hpo.model import MLPSpec
+from hpo.data.dataset import load_dataset
+from hpo.models.mlp import MLPSpec
+from hpo.models.train import NonFiniteLoss, train_mlp
 from hpo.spec import DataSpec
-from hpo.train import NonFiniteLoss, train_mlp
 
 PARAMS = {
     "depth": 1,

@@ -29,7 +29,7 @@ import yaml
 from conftest import PG_PASSWORD, TINY_SPEC, _merge
 from optuna.trial import TrialState
 
-from hpo.storage import open_storage
+from hpo.storage.backend import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -443,3 +443,18 @@ def test_bad_storage_url_is_one_masked_error_line(
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
         assert len(errors) == 1 and message in errors[0], (args, result.stderr)
         assert "Traceback" not in result.stderr and PG_PASSWORD not in result.output
+
+
+def test_a_failing_local_worker_reports_its_own_reason_once(
+    cli, write_spec, workdir: Path, keep_sigterm: None
+) -> None:
+    # The parent checks the spec against the storage but loads no data: the workers find
+    # the missing folder, each writes its reason to its own file, the parent reports one.
+    spec = write_spec({"data": {"source": "idx", "path": "missing-folder"}})
+    result = cli("run", spec, "--workers", "2", "-q")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("Error: worker 0 exited with code 1: ")
+    assert "data path not found" in errors[0] and errors[0].endswith("(and 1 more)")
+    assert "Error: Error:" not in result.stderr and "Traceback" not in result.stderr

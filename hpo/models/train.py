@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpo.data import Dataset
-from hpo.metrics import MetricName, default_metric, recorded_metrics, scores
-from hpo.model import MLPSpec, build_mlp
+from hpo.data.dataset import Dataset
+from hpo.models.metrics import MetricName, default_metric, recorded_metrics, scores
+from hpo.models.mlp import MLPSpec, build_mlp
 
 EVAL_CHUNK = 16384  # rows per forward pass at evaluation; bounds memory on big splits
 
@@ -38,7 +38,7 @@ def pick_device() -> str:
 class TrainResult:
     model: nn.Module  # holds the weights of the best validation epoch
     val_loss: float
-    metrics: dict[str, float]  # val_/test_<name> of hpo.metrics.recorded_metrics
+    metrics: dict[str, float]  # val_/test_<name> of hpo.models.metrics.recorded_metrics
     epochs_run: int
     best_epoch: int
     seconds: float
@@ -152,7 +152,7 @@ def train_mlp(
 
     The validation loss (``on_epoch``'s value, ``val_loss``, ``history``) is log loss for
     classes and RMSE in target units for regression; ``metrics`` holds the task's default
-    metrics and ``metric`` (see :func:`hpo.metrics.recorded_metrics`) on val and test.
+    metrics and ``metric`` (see :func:`hpo.models.metrics.recorded_metrics`) on val and test.
 
     Raises:
         NonFiniteLoss: when the training or validation loss stops being finite.

@@ -2,7 +2,7 @@
 
 This module imports neither torch, xgboost, scikit-learn, optuna nor pandas, so a slim
 install (see the README) can serve a bundle. The manifest and ``model.onnx`` are checked as
-:func:`hpo.bundle.load_bundle` checks every file (regular file, recorded size and sha256),
+:func:`hpo.ensemble.bundle.load_bundle` checks every file (regular file, recorded size and sha256),
 and the graph must be the one exported with this bundle: the members and weights in its
 metadata, its input width and its classes must match the manifest.
 """
@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hpo.ensemble.untrusted import load_json, numeric_array, probability_text, read_regular_file
 from hpo.errors import HpoError, InputError
-from hpo.untrusted import load_json, read_regular_file
 
 Engine = Literal["auto", "native", "onnx"]
-ONNX_FILE = "model.onnx"  # the same name as hpo.onnx_export.ONNX_FILE (no torch import here)
+ONNX_FILE = "model.onnx"  # as hpo.ensemble.onnx_export.ONNX_FILE (no torch import here)
 META_MEMBERS = "hpo.members"
 MANIFEST_MAX_BYTES = 16 * 2**20
 FILE_MAX_BYTES = 4 * 2**30
@@ -39,7 +39,7 @@ NA_CELLS = {
     "nan",
     "null",
     "None",
-}  # values per block of rows: memory stays flat, as in hpo.estimator
+}  # values per block of rows: memory stays flat, as in hpo.ensemble.estimator
 
 
 def native_available() -> bool:
@@ -60,7 +60,7 @@ def load_ensemble(path: str | Path, engine: Engine = "auto") -> Any:
     """
     if use_onnx(engine):
         return OnnxEnsemble(path)
-    from hpo.estimator import load_ensemble as load_native
+    from hpo.ensemble.estimator import load_ensemble as load_native
 
     return load_native(path)
 
@@ -130,15 +130,8 @@ class OnnxEnsemble:
                 n: X[n].to_numpy(dtype=object, na_value=None) for n in self.feature_names_in_
             }
             return self.feeds_from_columns(columns, len(X))
-        if self.categories_:
-            raise InputError(
-                "this ensemble was trained on a table with category columns: pass a pandas "
-                f"DataFrame with the columns {', '.join(self.feature_names_in_)}"
-            )
-        try:
-            x = np.asarray(X, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise InputError("X must be numeric (numbers only, no text)") from None
+        names, categorical = self.feature_names_in_, bool(self.categories_)
+        x = numeric_array(X, names, categorical=categorical, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features_in_:
             raise InputError(
                 f"X must be 2-D with {self.n_features_in_} features, got shape {x.shape}"
@@ -156,7 +149,7 @@ class OnnxEnsemble:
 
 
 def as_text(value: Any) -> str:
-    """A category value as :func:`hpo.preprocess.as_text` writes it; "" for missing."""
+    """A category value as :func:`hpo.data.preprocess.as_text` writes it; "" for missing."""
     if value is None or (isinstance(value, float | np.floating) and value != value):
         return ""
     if isinstance(value, np.generic):
@@ -332,7 +325,9 @@ def predict_file(
                     labels = classes[p.argmax(axis=1)].tolist()
                     for i, label in enumerate(labels):
                         row = [repr(label) if isinstance(label, float) else str(label)]
-                        writer.writerow(row + ([repr(float(v)) for v in p[i]] if proba else []))
+                        writer.writerow(
+                            row + ([probability_text(v) for v in p[i]] if proba else [])
+                        )
                 else:
                     writer.writerows([repr(float(v))] for v in model.predict(chunk))
                 done += len(chunk["X"]) if isinstance(chunk, dict) else len(chunk)

@@ -39,9 +39,9 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb.models import TrialHeartbeatModel
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.locks import study_lock
+from hpo.storage.locks import study_lock
+from hpo.storage.stored import WORKER, count_trials
 
-DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_S = 1.0  # how often a worker with no free trial looks again
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -131,13 +131,6 @@ def create_or_load(
         created = False
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     return study, created
-
-
-def trial_counts(study: optuna.Study) -> tuple[int, int]:
-    """Finished (complete or pruned) and running trials."""
-    trials = study.get_trials(deepcopy=False, states=(*DONE_STATES, TrialState.RUNNING))
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return len(trials) - running, running
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -274,7 +267,7 @@ def optimize_to_target(
 
     def run_trial(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now: every other worker counts it
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr(WORKER, worker_id())
         with INTERRUPTS.deferred(False):  # training: Ctrl-C stops it at once
             return objective(trial)
 
@@ -287,7 +280,8 @@ def optimize_to_target(
                 INTERRUPTS.check()
                 if heartbeat:
                     fail_stale_trials(study)
-                done, running = trial_counts(study)
+                counts = count_trials(storage, study.study_name)
+                done, running = counts.finished, counts.running
                 if done >= target:
                     break
                 if stuck is not None and done + running >= target:

@@ -15,63 +15,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import optuna
-from optuna.trial import TrialState
-from pydantic import ValidationError
 
 from hpo.errors import HpoError
-from hpo.parallel import INTERRUPTS
 from hpo.spec import FloatRange, GBMSpace, IntRange, NNSpace, StudySpec
+from hpo.storage import stored
+from hpo.storage.stored import KINDS, Kind, space_of, validated_spec
+from hpo.studies.parallel import INTERRUPTS
 
-CREATED_SPEC_ATTR = "created_spec"
-SPEC_ATTR = "spec"
-KIND_ATTR = "kind"  # "nn" or "gbm": which search space of the spec the study searches
 # Keys whose change makes old and new trials incomparable.
 FIXED_KEYS = ("task", "seed", "data")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-Kind = Literal["nn", "gbm"]
 Log = Callable[[str], None]
 
 
-def spec_attrs(spec: StudySpec, kind: Kind, stored: dict[str, Any]) -> dict[str, Any]:
+def spec_attrs(spec: StudySpec, kind: Kind, attrs: dict[str, Any]) -> dict[str, Any]:
     """The spec attrs to store on a study: the first spec it was made from stays (for a
     study made before ``created_spec`` existed, the spec of its latest run stands in)."""
     current = spec.model_dump(mode="json")
     return {
-        KIND_ATTR: kind,
-        SPEC_ATTR: current,
-        CREATED_SPEC_ATTR: stored.get(CREATED_SPEC_ATTR) or stored.get(SPEC_ATTR) or current,
+        stored.KIND: kind,
+        stored.SPEC: current,
+        stored.CREATED_SPEC: attrs.get(stored.CREATED_SPEC) or attrs.get(stored.SPEC) or current,
     }
 
 
 def study_kinds(spec: StudySpec) -> dict[str, Kind]:
-    return {spec.nn_study_name: "nn", spec.gbm_study_name: "gbm"}
-
-
-def space_of(spec: StudySpec, kind: Kind) -> NNSpace | GBMSpace:
-    return spec.nn.search_space if kind == "nn" else spec.gbm.search_space
-
-
-def current_space(study: optuna.Study) -> NNSpace | GBMSpace | None:
-    """The search space of the study's latest run, from its attrs (None if not recorded)."""
-    attrs = study.user_attrs
-    kind: Kind = "gbm" if study.study_name.endswith("-gbm") else "nn"
-    if attrs.get(KIND_ATTR) in ("nn", "gbm"):
-        kind = attrs[KIND_ATTR]
-    spec = _validated(attrs.get(SPEC_ATTR))
-    return None if spec is None else space_of(spec, kind)
-
-
-def outside_current_space(study: optuna.Study) -> int:
-    """How many completed trials lie outside the study's current search space."""
-    space = current_space(study)
-    if space is None:
-        return 0
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sum(not space.contains_params(t.params) for t in done)
+    return {stored.study_name(spec.name, kind): kind for kind in KINDS}
 
 
 def check_rerun(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[str]:
@@ -82,10 +54,10 @@ def check_rerun(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[s
     Raises:
         HpoError: the data section, task or seed differ from the spec a study was made from.
     """
-    stored = {name: _stored_attrs(storage, name) for name in study_kinds(spec)}
+    recorded = {name: _stored_attrs(storage, name) for name in study_kinds(spec)}
     new = spec.model_dump(mode="json")
-    for name, attrs in stored.items():
-        created = _validated(attrs.get(CREATED_SPEC_ATTR) or attrs.get(SPEC_ATTR))
+    for name, attrs in recorded.items():
+        created = validated_spec(attrs.get(stored.CREATED_SPEC) or attrs.get(stored.SPEC))
         if created is None:
             continue
         old = created.model_dump(mode="json")
@@ -102,7 +74,7 @@ def check_rerun(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[s
             )
     notes = []
     for name, kind in study_kinds(spec).items():
-        previous = _validated(stored[name].get(SPEC_ATTR))
+        previous = validated_spec(recorded[name].get(stored.SPEC))
         if previous is None:
             continue
         old_space, new_space = space_of(previous, kind), space_of(spec, kind)
@@ -138,7 +110,7 @@ def archive_studies(spec: StudySpec, storage: optuna.storages.BaseStorage, log: 
     for name, kind in study_kinds(spec).items():
         if not _stored_exists(storage, name):
             continue
-        archive = f"{spec.name}@{stamp}-{kind}"
+        archive = stored.archive_name(spec.name, stamp, kind)
         with INTERRUPTS.deferred():  # a Ctrl-C waits: no half-copied archive
             optuna.copy_study(
                 from_study_name=name,
@@ -158,8 +130,7 @@ def note_target_met(
     """Say so when a study already holds its target of finished trials."""
     if not _stored_exists(storage, name):
         return
-    study_id = storage.get_study_id_from_name(name)
-    done = sum(t.state in FINISHED for t in storage.get_all_trials(study_id, deepcopy=False))
+    done = stored.count_trials(storage, name).finished
     if done >= target:
         log(
             f"{name}: {done} of {target} trials already finished; "
@@ -171,7 +142,9 @@ def _count_outside(
     storage: optuna.storages.BaseStorage, name: str, space: NNSpace | GBMSpace
 ) -> tuple[int, int]:
     study_id = storage.get_study_id_from_name(name)
-    finished = [t for t in storage.get_all_trials(study_id, deepcopy=False) if t.state in FINISHED]
+    finished = [
+        t for t in storage.get_all_trials(study_id, deepcopy=False) if t.state in stored.DONE_STATES
+    ]
     return sum(not space.contains_params(t.params) for t in finished), len(finished)
 
 
@@ -187,16 +160,6 @@ def _stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, 
     if not _stored_exists(storage, name):
         return {}
     return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
-
-
-def _validated(raw: Any) -> StudySpec | None:
-    """A stored spec read with today's defaults (so a key added since is no change)."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return StudySpec.model_validate(raw)
-    except ValidationError:
-        return None
 
 
 def _diff(old: Any, new: Any, key: str) -> list[tuple[str, Any, Any]]:

@@ -1,32 +1,41 @@
 """Worker processes: each runs ``run_spec`` against the shared storage, nothing else.
 
-``hpo worker`` is one of them, on any machine. ``hpo run --workers N`` starts N local
-ones as ``python -m hpo worker`` subprocesses, splits the CPU threads (and the GPUs)
-between them, and watches the storage for their combined progress: the storage is the
-only channel between workers, exactly as between machines.
+``hpo worker`` is one of them, on any machine (:func:`hpo.studies.launch.run_worker`). ``hpo run
+--workers N`` starts N local ones as Python subprocesses (:func:`hpo.studies.launch.child_main`, not
+the CLI), splits the
+CPU threads (and the GPUs) between them, and watches the storage for their combined
+progress: the storage is the only channel between workers, exactly as between machines.
+A local worker that fails writes its reason to a file of its own (``HPO_WORKER_FAILURE``)
+and exits non-zero; the parent reads that file, never the worker's output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import optuna
 
 from hpo.errors import HpoError
-from hpo.parallel import DONE_STATES
-from hpo.storage import mask_text
-from hpo.threads import available_cpus
+from hpo.models.threads import available_cpus
+from hpo.storage.backend import mask_text
+
+FAILURE_ENV = "HPO_WORKER_FAILURE"  # where a local worker writes why it failed
 
 POLL_S = 1.0  # how often `hpo run --workers` reads progress from the storage
 STOP_S = 60.0  # how long stopped workers get to mark their trials FAIL before being killed
@@ -57,7 +66,7 @@ def threads_per_worker(n_workers: int, cpus: int) -> int:
 
 
 def pin_threads(threads: int | None) -> None:
-    """Pin this worker's training threads (torch's and XGBoost's): hpo.threads reads
+    """Pin this worker's training threads (torch's and XGBoost's): hpo.models.threads reads
     ``OMP_NUM_THREADS`` at every trial."""
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -66,7 +75,7 @@ def pin_threads(threads: int | None) -> None:
 def stop_on_sigterm() -> None:
     """SIGTERM (a scheduler, `kill`) stops this process like Ctrl-C, with its cleanup: the
     parent of local workers stops them rather than leave them orphaned. (Workers
-    themselves use :data:`hpo.parallel.INTERRUPTS`.)"""
+    themselves use :data:`hpo.studies.parallel.INTERRUPTS`.)"""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -74,31 +83,36 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def study_progress(storage: optuna.storages.BaseStorage, name: str) -> tuple[int, float | None]:
-    """Finished trials of study ``name`` and its best value; (0, None) before it exists."""
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return 0, None
-    done = len(storage.get_all_trials(study_id, deepcopy=False, states=DONE_STATES))
-    try:
-        best = storage.get_best_trial(study_id).value
-    except ValueError:
-        best = None
-    return done, best
-
-
 @dataclass
 class _Worker:
     index: int
     proc: subprocess.Popen[str]
+    failure_file: Path
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
-    error: str | None = None  # its `Error: ...` line, if it printed one
     reader: threading.Thread | None = None
+
+    def reason(self) -> str:
+        """Why it failed: its own failure report, else the last line it printed, as is."""
+        try:
+            reported = self.failure_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            reported = ""
+        return reported or (self.tail[-1] if self.tail else "no output")
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a local worker runs (argv of :func:`child_main`; never the storage URL)."""
+
+    spec_path: str
+    threads: int
+    artifacts_path: str | None = None
+    trials: int | None = None
+    timeout: float | None = None
 
 
 class LocalWorkers:
-    """N ``hpo worker`` subprocesses on this machine, their output forwarded line by line.
+    """N worker subprocesses on this machine, their output forwarded line by line.
 
     The storage URL reaches them through ``HPO_STORAGE``, not argv: a password in argv is
     visible to every user of the machine in ``ps``.
@@ -120,25 +134,24 @@ class LocalWorkers:
         self.trials, self.timeout = trials, timeout
         self.log = log
         self.workers: list[_Worker] = []
+        self.reports = Path(tempfile.mkdtemp(prefix="hpo-workers-"))
 
     def command(self, threads: int) -> list[str]:
-        cmd = [sys.executable, "-m", "hpo", "worker", str(self.spec_path), "--quiet"]
-        cmd += ["--threads", str(threads)]
-        if self.artifacts_path:
-            cmd += ["--artifacts", self.artifacts_path]
-        if self.trials is not None:
-            cmd += ["--trials", str(self.trials)]
-        if self.timeout is not None:
-            cmd += ["--timeout", str(self.timeout)]
-        return cmd
+        job = WorkerJob(
+            str(self.spec_path), threads, self.artifacts_path, self.trials, self.timeout
+        )
+        code = "from hpo.studies.launch import child_main; child_main()"
+        return [sys.executable, "-c", code, json.dumps(asdict(job))]
 
     def start(self) -> None:
         cpus, gpus = available_cpus(), visible_gpus()
         for index in range(self.n_workers):
+            failure_file = self.reports / f"worker-{index}.txt"
             env = {
                 **os.environ,
                 **worker_env(index, self.n_workers, cpus=cpus, gpus=gpus),
                 "HPO_STORAGE": self.storage_url,
+                FAILURE_ENV: str(failure_file),
                 "PYTHONUNBUFFERED": "1",
             }
             proc = subprocess.Popen(
@@ -152,7 +165,7 @@ class LocalWorkers:
                 # one SIGINT on. A second one would hit the worker while it records the FAIL.
                 start_new_session=True,
             )
-            worker = _Worker(index, proc)
+            worker = _Worker(index, proc, failure_file)
             worker.reader = threading.Thread(target=self._forward, args=(worker,), daemon=True)
             worker.reader.start()
             self.workers.append(worker)
@@ -164,16 +177,13 @@ class LocalWorkers:
             if not line:
                 continue
             worker.tail.append(line)
-            if line.startswith("Error: "):
-                worker.error = line.removeprefix("Error: ")
-            else:
-                self.log(f"worker {worker.index}: {line}")
+            self.log(f"worker {worker.index}: {line}")
 
     def wait(self, on_poll: Callable[[], None] = lambda: None) -> None:
         """Wait for every worker, calling ``on_poll`` each second; on Ctrl-C stop them all.
 
         Raises:
-            HpoError: a worker failed; its own error line, or the tail of its output.
+            HpoError: a worker failed; its own failure report, or the last line it printed.
             KeyboardInterrupt: after the workers have stopped.
         """
         try:
@@ -192,9 +202,10 @@ class LocalWorkers:
             if w.reader is not None:
                 w.reader.join()
         failed = [w for w in self.workers if w.proc.returncode != 0]
+        reasons = [mask_text(w.reason(), self.storage_url) for w in failed]
+        shutil.rmtree(self.reports, ignore_errors=True)
         if failed:
-            w = failed[0]
-            reason = w.error or (w.tail[-1] if w.tail else "no output")
+            w, reason = failed[0], reasons[0]
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise HpoError(f"worker {w.index} exited with code {w.proc.returncode}: {reason}{more}")
 
@@ -216,3 +227,11 @@ class LocalWorkers:
             if w.proc.poll() is None:
                 w.proc.kill()
                 w.proc.wait()
+
+
+def quiet_optuna() -> None:
+    """hpo's own progress replaces Optuna's per-trial lines; a failing trial's exception is
+    re-raised by Optuna anyway, so its WARNING-level traceback would only say it twice."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("optuna").propagate = False
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

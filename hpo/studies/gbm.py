@@ -1,4 +1,4 @@
-"""The GBM study: an Optuna objective that boosts one XGBoost model per trial, and its run loop.
+"""The GBM family: an Optuna objective that boosts one XGBoost model per trial, and its baseline.
 
 Same splits as the NN study; on a table XGBoost reads its own view of the data (missing
 values as NaN, categories natively), otherwise the NN study's matrix. Early stopping
@@ -9,30 +9,23 @@ watches the validation loss, and so does the pruner, through
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import optuna
 import xgboost as xgb
 from optuna_integration import XGBoostPruningCallback
 
-from hpo.data import Dataset
-from hpo.locks import study_lock
-from hpo.members import GBMMember
-from hpo.metrics import recorded_metrics, scores
-from hpo.nn_study import (
-    describe_study,
-    make_pruner,
-    make_sampler,
-    name_objective,
-    trials_started,
-)
-from hpo.parallel import INTERRUPTS, create_or_load, optimize_to_target
-from hpo.search_space import suggest
+from hpo.data.dataset import Dataset
+from hpo.models.members import GBMMember
+from hpo.models.metrics import recorded_metrics, scores
+from hpo.models.threads import choose_threads
+from hpo.models.train import pick_device
 from hpo.spec import GBMSpace, StudySpec, Task
-from hpo.storage import save_trial_results
-from hpo.threads import choose_threads
-from hpo.train import pick_device
+from hpo.storage import stored
+from hpo.storage.backend import save_trial_results
+from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.search_space import suggest
+from hpo.studies.study import ArtifactStore, Baseline, Family, PrunerSteps, TrialObjective
 
 # The validation metric that early stopping and pruning watch, per task.
 EVAL_METRIC: dict[Task, str] = {"multiclass": "mlogloss", "binary": "logloss", "regression": "rmse"}
@@ -106,19 +99,13 @@ class _InterruptCheck(xgb.callback.TrainingCallback):
         return False
 
 
-class GBMObjective:
+class GBMObjective(TrialObjective):
     """One trial: suggest, boost with early stopping and pruning, keep the model and metrics."""
 
-    def __init__(
-        self,
-        spec: StudySpec,
-        data: Dataset,
-        artifacts: optuna.artifacts.FileSystemArtifactStore,
-        *,
-        device: str | None = None,
-    ) -> None:
-        self.spec, self.data, self.artifacts = spec, data, artifacts
-        self.device = device or xgb_device()
+    default_device = staticmethod(xgb_device)
+
+    def __init__(self, spec: StudySpec, data: Dataset, artifacts: ArtifactStore, **kw: Any):
+        super().__init__(spec, data, artifacts, **kw)
         # Binned once per process and reused by every trial (hist needs quantiles only once).
         # A table's own view keeps NaN and carries category codes as native categoricals.
         types = data.gbm_feature_types
@@ -150,7 +137,7 @@ class GBMObjective:
             n_jobs=threads,
             max_bin=self.spec.gbm.max_bin,
         )
-        trial.set_user_attr("device", self.device)
+        trial.set_user_attr(stored.DEVICE, self.device)
         observed = f"validation-{EVAL_METRIC[self.data.task]}"
         start = time.perf_counter()
         try:
@@ -164,7 +151,7 @@ class GBMObjective:
                 verbose_eval=False,
             )
         except optuna.TrialPruned as e:
-            trial.set_user_attr("pruned_reason", f"{e} (by {self.spec.pruner})")
+            trial.set_user_attr(stored.PRUNED_REASON, f"{e} (by {self.spec.pruner})")
             raise
         seconds = time.perf_counter() - start
         rounds_run = booster.num_boosted_rounds()
@@ -191,70 +178,33 @@ class GBMObjective:
             split = getattr(self.data, part)
             attrs |= scores(names, part, model.predict(self.data.view("gbm", part)), split.y)
         attrs |= {
-            "n_estimators_used": best_iteration + 1,
+            stored.ROUNDS_USED: best_iteration + 1,
             "best_iteration": best_iteration,
             "rounds_run": rounds_run,
-            "train_seconds": round(seconds, 3),
-            "architecture": f"xgboost {best_iteration + 1} rounds, depth {params['max_depth']}",
+            stored.TRAIN_SECONDS: round(seconds, 3),
+            stored.ARCHITECTURE: (
+                f"xgboost {best_iteration + 1} rounds, depth {params['max_depth']}"
+            ),
         }
-        save_trial_results(
-            trial,
-            self.artifacts,
-            filename=f"gbm-trial-{trial.number}.ubj",
-            model_bytes=bytes(model.to_bytes()),
-            attrs=attrs,
-        )
+        name = f"gbm-trial-{trial.number}.ubj"
+        save_trial_results(trial, self.artifacts, name, bytes(model.to_bytes()), attrs)
 
 
-def open_gbm_study(
-    spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset
-) -> optuna.Study:
-    """Create or load ``<name>-gbm``, describe it in study attrs, enqueue the defaults once."""
-    space = spec.gbm.search_space
-    max_rounds = space.n_estimators.high
-    # Boosting needs some rounds before losses compare: low learning rates start slow.
-    min_rounds = max(1, min(max_rounds, max_rounds // 27, spec.gbm.early_stopping_rounds))
-    # Under the study lock, like the NN study, so workers enqueue the defaults once.
-    with study_lock(storage, spec.gbm_study_name) as exclusive:
-        study, created = create_or_load(
-            storage,
-            spec.gbm_study_name,
-            sampler=make_sampler(spec),
-            pruner=make_pruner(spec, max_rounds, min_steps=min_rounds, warmup_steps=min_rounds),
-        )
-        study.sampler = make_sampler(spec, trials_started(study))  # continue, never replay
-        describe_study(study, spec, data, "gbm")
-        name_objective(study, spec.task)
-        if exclusive or created:
-            study.enqueue_trial(
-                baseline_params(space), user_attrs={"baseline": True}, skip_if_exists=True
-            )
-    return study
+class GBMFamily(Family):
+    """XGBoost boosters: one per trial, pruned by boosting round."""
+
+    kind = "gbm"
+
+    objective_type = GBMObjective
+
+    def pruner_steps(self, spec: StudySpec) -> PrunerSteps:
+        max_rounds = spec.gbm.search_space.n_estimators.high
+        # Boosting needs some rounds before losses compare: low learning rates start slow.
+        min_rounds = max(1, min(max_rounds, max_rounds // 27, spec.gbm.early_stopping_rounds))
+        return PrunerSteps(max_rounds, min_steps=min_rounds, warmup_steps=min_rounds)
+
+    def baselines(self, spec: StudySpec) -> list[Baseline]:
+        return [Baseline(baseline_params(spec.gbm.search_space))]
 
 
-def run_gbm_study(
-    spec: StudySpec,
-    data: Dataset,
-    storage: optuna.storages.BaseStorage,
-    artifacts: optuna.artifacts.FileSystemArtifactStore,
-    *,
-    n_trials: int,
-    timeout: float | None = None,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-    worker: bool = False,
-    log: Callable[[str], None] = lambda message: None,
-) -> optuna.Study:
-    """Top the study up to ``n_trials`` finished (complete or pruned) trials, together with
-    any other worker on it (see :func:`hpo.parallel.optimize_to_target`)."""
-    study = open_gbm_study(spec, storage, data)
-    optimize_to_target(
-        study,
-        GBMObjective(spec, data, artifacts),
-        storage,
-        target=n_trials,
-        timeout=timeout,
-        callbacks=[on_trial] if on_trial is not None else (),
-        worker=worker,
-        log=log,
-    )
-    return study
+GBM = GBMFamily()

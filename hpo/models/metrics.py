@@ -1,6 +1,6 @@
 """Every score hpo reports, in one place, computed by scikit-learn on member predictions.
 
-A prediction is what :mod:`hpo.members` returns: for classification an ``(n, n_classes)``
+A prediction is what :mod:`hpo.models.members` returns: for classification an ``(n, n_classes)``
 array of class probabilities (binary included), for regression an ``(n,)`` array in the
 target's own units. Labels ``y`` are class ids ``0..n_classes-1`` or target values.
 

@@ -22,14 +22,19 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from hpo.errors import HpoError
-from hpo.locks import engine_lock
-from hpo.masking import mask_text, mask_url
+from hpo.storage.locks import engine_lock
+from hpo.storage.masking import mask_text, mask_url
+
+ARTIFACT_ID = "artifact_id"  # trial user attr: its model file (hpo.storage.stored re-exports it)
 
 __all__ = ["mask_text", "mask_url", "open_storage", "storage_url"]
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
 DEFAULT_ARTIFACTS = "storage/artifacts"
 SQLITE_BUSY_TIMEOUT_S = 60  # writers wait this long for the lock instead of failing
+# Model files are binary: without a type the dashboard guesses one from the extension
+# (".pt" -> application/vnd.snesdev-page-table).
+MODEL_MIMETYPE = "application/octet-stream"
 CONNECT_TIMEOUT_S = 5  # a wrong host fails within seconds, not minutes
 
 
@@ -132,12 +137,30 @@ def _sync_at_checkpoints(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections opened while creating the storage predate the listener
 
 
+def new_sqlite_file(url: str | None) -> Path | None:
+    """The absolute path of the SQLite file that opening ``url`` would create, if any: a
+    run started from another folder makes a new ``storage/`` there, and says so."""
+    url = storage_url(url)
+    if not url.startswith("sqlite"):
+        return None
+    try:
+        database = make_url(url).database
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return None
+    if not database or database == ":memory:" or Path(database).exists():
+        return None
+    return Path(database).resolve()
+
+
 def _prepare_sqlite(database: str | None, *, must_exist: bool) -> None:
     if not database or database == ":memory:":
         return
     path = Path(database)
     if must_exist and not path.exists():
-        raise HpoError(f"no database at {path} (run `hpo run` first, or pass --storage)")
+        raise HpoError(
+            f"no database at {path.resolve()} (run `hpo run` in the folder that holds "
+            "storage/ first, or pass --storage)"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # WAL lets readers (the dashboard, `hpo status`) work while a run writes; it is a
@@ -224,10 +247,10 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
 def save_trial_results(
     trial: optuna.Trial,
     artifacts: FileSystemArtifactStore,
-    *,
     filename: str,
     model_bytes: bytes,
     attrs: dict[str, Any],
+    mimetype: str = MODEL_MIMETYPE,
 ) -> None:
     """Upload a trial's model file to the artifact store, then write its user attrs
     (``artifact_id`` among them): the attrs never name a file that is not there."""
@@ -235,7 +258,7 @@ def save_trial_results(
         path = Path(tmp) / filename
         path.write_bytes(model_bytes)
         artifact_id = upload_artifact(
-            artifact_store=artifacts, file_path=str(path), study_or_trial=trial
+            artifact_store=artifacts, file_path=str(path), study_or_trial=trial, mimetype=mimetype
         )
-    for key, value in {**attrs, "artifact_id": artifact_id}.items():
+    for key, value in {**attrs, ARTIFACT_ID: artifact_id}.items():
         trial.set_user_attr(key, value)

@@ -13,10 +13,13 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hpo.errors import HpoError
+import numpy as np
+
+from hpo.errors import HpoError, InputError
 
 _CHUNK = 1 << 20
 
@@ -135,3 +138,30 @@ def _deeper_than(value: Any, max_depth: int) -> bool:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def numeric_array(X: Any, names: Sequence[str], *, categorical: bool, dtype: Any) -> np.ndarray:
+    """``X`` (rows by position) as a numeric array. A table with category columns needs
+    its columns by name, so it must come as a DataFrame.
+
+    Raises:
+        InputError: category columns, or a value that is not a number.
+    """
+    if categorical:
+        raise InputError(
+            "this ensemble was trained on a table with category columns: pass a pandas "
+            f"DataFrame with the columns {', '.join(names)}"
+        )
+    try:
+        return np.asarray(X, dtype=dtype)
+    except (TypeError, ValueError):
+        raise InputError("X must be numeric (numbers only, no text or missing fields)") from None
+
+
+PROBA_DIGITS = 6  # significant digits of a probability in hpo predict's CSV
+
+
+def probability_text(p: float) -> str:
+    """A class probability as ``hpo predict --proba`` writes it: 6 significant digits
+    (``0.981234``, ``3.2e-07``); a float32 model is not more precise than that."""
+    return f"{float(p):.{PROBA_DIGITS}g}"

@@ -3,15 +3,15 @@
 Inputs: ``X``, float ``[rows, numeric columns]`` (the preprocessing's ``numeric`` order,
 which is the training column order for all-numeric data; NaN or infinity for a missing
 value), and for each category column ``category_<i>``, its values as text ``[rows]`` (""
-for missing). The graph does what :class:`hpo.preprocess.Preprocessor` and
-:func:`hpo.members.combine` do:
+for missing). The graph does what :class:`hpo.data.preprocess.Preprocessor` and
+:func:`hpo.models.members.combine` do:
 
 - the preprocessing: infinity as missing, the training medians for missing values, the
   scaling, the missing-indicator columns, and per category column the level index
   (``LabelEncoder``) as one-hot columns, an embedding code, or XGBoost's native category;
 - every NN member (``torch.onnx.export``, the dynamo exporter) and every XGBoost member
   (onnxmltools' converter, native categorical splits since onnx/onnxmltools#734 and #743),
-  each on its own view, as :mod:`hpo.members` feeds them;
+  each on its own view, as :mod:`hpo.models.members` feeds them;
 - softmax, sigmoid or the target's un-standardizing, and the weighted average in float64.
 
 Outputs: ``label`` (the original class) and ``probabilities`` ``[rows, classes]``, or
@@ -36,8 +36,8 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from hpo.data import Dataset
-from hpo.ensemble import EnsembleReport
+from hpo.data.dataset import Dataset
+from hpo.ensemble.selection import EnsembleReport
 from hpo.errors import HpoError
 
 try:
@@ -50,8 +50,8 @@ except ImportError as e:
     raise HpoError(
         f"--format onnx needs {e.name}: pip install 'hpo[onnx]' (onnx, onnxscript, onnxmltools)"
     ) from None
-from hpo.members import GBMMember, Member, NNMember
-from hpo.preprocess import MISSING_CODE, UNSEEN_CODE, CategoryColumn, Preprocessor
+from hpo.data.preprocess import MISSING_CODE, UNSEEN_CODE, CategoryColumn, Preprocessor
+from hpo.models.members import GBMMember, Member, NNMember
 from hpo.spec import Task
 
 ONNX_FILE = "model.onnx"
@@ -68,7 +68,7 @@ def members_fingerprint(members: Sequence[Member], weights: Sequence[float]) -> 
     """The members a graph holds, as the manifest lists them (weights rounded: JSON floats)."""
     rows = []
     for member, weight in zip(members, weights, strict=True):
-        # The bytes hpo.bundle writes for the member (safetensors, or XGBoost's UBJSON).
+        # The bytes hpo.ensemble.bundle writes for the member (safetensors, or XGBoost's UBJSON).
         if isinstance(member, NNMember):
             raw = safetensors.torch.save(member.state_dict())
         else:

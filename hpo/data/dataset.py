@@ -2,7 +2,7 @@
 
 Every source ends in the same :class:`Dataset`: float32 matrices for train, validation and
 test (the MLP's, plus XGBoost's own where a table needs one), integer class labels (or
-float targets), and the fitted :class:`~hpo.preprocess.Preprocessor` that the exported
+float targets), and the fitted :class:`~hpo.data.preprocess.Preprocessor` that the exported
 bundle repeats on raw inputs.
 """
 
@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from hpo.data.idx import FILES, find_idx_file, read_idx
+from hpo.data.preprocess import Preprocessor, as_text
+from hpo.data.scaler import Scaler
+from hpo.data.tables import Dialect, note, read_table
 from hpo.errors import HpoError
-from hpo.idx import FILES, find_idx_file, read_idx
-from hpo.preprocess import Preprocessor, as_text
-from hpo.scaler import Scaler
 from hpo.spec import DataSpec, Task
-from hpo.tables import Dialect, note, read_table
 
 __all__ = ["Dataset", "Scaler", "Split", "load_dataset", "read_table", "resolve_data_path"]
 

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hpo.data.scaler import Scaler
+from hpo.data.tables import note
 from hpo.errors import InputError
-from hpo.scaler import Scaler
 from hpo.spec import Scaling
-from hpo.tables import note
 
 MISSING_CODE, UNSEEN_CODE = 0, 1  # reserved embedding codes; levels start at 2
 # An embedded level seen fewer times in training is folded into the unseen code, so that

@@ -8,13 +8,16 @@ line instead of presenting or exporting it; its trials stay in storage.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import optuna
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
-from hpo.metrics import HIGHER_IS_BETTER, MetricName, is_better
+from hpo.models.metrics import HIGHER_IS_BETTER, MetricName, is_better
+
+if TYPE_CHECKING:
+    from hpo.storage.stored import Leaderboard
 
 
 def check_studies_have_values(name: str, studies: list[optuna.Study | None]) -> None:
@@ -42,26 +45,26 @@ def check_studies_have_values(name: str, studies: list[optuna.Study | None]) -> 
         )
 
 
-def check_useful(name: str, leaderboard: dict[str, Any]) -> None:
+def check_useful(name: str, leaderboard: Leaderboard) -> None:
     """Fail when no member and no ensemble beats the no-skill baseline on the validation
     metric.
 
     Raises:
         HpoError: with the best validation score and the baseline's.
     """
-    metric: MetricName = leaderboard["metric"]
-    baseline = leaderboard["baseline"]
-    scored = [r for r in leaderboard["rows"] if math.isfinite(r["val_metric"])]
+    metric = cast(MetricName, leaderboard.metric)
+    baseline = leaderboard.baseline
+    scored = [r for r in leaderboard.rows if math.isfinite(r.val_metric)]
     if not scored:
         raise HpoError(f"{name}: no model has a finite validation {metric}")
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    best = max(scored, key=lambda r: sign * r["val_metric"])
-    if not is_better(metric, best["val_metric"], baseline["val_metric"]):
+    best = max(scored, key=lambda r: sign * r.val_metric)
+    if baseline is not None and not is_better(metric, best.val_metric, baseline.val_metric):
         # Accuracy cannot beat the majority class on rare positives: name the metrics that can.
         hint = "; for imbalanced classes try metric: balanced_accuracy or roc_auc"
         raise HpoError(
-            f"{name}: the best model ({best['name']}, validation {metric} "
-            f"{best['val_metric']:.4f}) is no better than {baseline['name']} "
-            f"({baseline['val_metric']:.4f}); nothing worth using was found "
+            f"{name}: the best model ({best.name}, validation {metric} "
+            f"{best.val_metric:.4f}) is no better than {baseline.name} "
+            f"({baseline.val_metric:.4f}); nothing worth using was found "
             f"(the trials stay in storage{hint if metric == 'accuracy' else ''})"
         )

@@ -19,10 +19,11 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from hpo.data.idx import read_idx
+from hpo.data.tables import TABLE_SUFFIXES, Dialect, iter_table
+from hpo.ensemble.estimator import EnsembleClassifier, EnsembleRegressor
+from hpo.ensemble.untrusted import probability_text
 from hpo.errors import HpoError
-from hpo.estimator import EnsembleClassifier, EnsembleRegressor
-from hpo.idx import read_idx
-from hpo.tables import TABLE_SUFFIXES, Dialect, iter_table
 
 
 def iter_features(
@@ -137,7 +138,7 @@ def _write_rows(writer: Any, predictions: np.ndarray, probabilities: np.ndarray 
     for i, value in enumerate(predictions.tolist()):
         row = [repr(value) if isinstance(value, float) else str(value)]
         if probabilities is not None:
-            row += [repr(float(p)) for p in probabilities[i]]
+            row += [probability_text(p) for p in probabilities[i]]
         writer.writerow(row)
 
 

@@ -25,9 +25,10 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from hpo.bundle import LoadedBundle, load_bundle
+from hpo.ensemble.bundle import LoadedBundle, load_bundle
+from hpo.ensemble.untrusted import numeric_array
 from hpo.errors import InputError
-from hpo.members import Member, combine
+from hpo.models.members import Member, combine
 
 # Values per block of rows predicted at once: memory stays flat, however many rows come.
 BLOCK_VALUES = 2**20
@@ -81,21 +82,12 @@ class _BundleEstimator(BaseEstimator):
         return combine([m.predict(views[m.kind]) for m in self.members_], self.weights_)
 
     def _check_input(self, X: Any) -> np.ndarray:
-        if self.preprocessor_.categorical:
-            raise InputError(
-                "this ensemble was trained on a table with category columns: pass a pandas "
-                f"DataFrame with the columns {', '.join(self.preprocessor_.feature_names)}"
-            )
-        try:
-            x = np.asarray(X, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InputError(
-                "X must be numeric (numbers only, no text or missing fields)"
-            ) from None
+        pre = self.preprocessor_
+        x = numeric_array(X, pre.feature_names, categorical=bool(pre.categorical), dtype=np.float64)
         if x.ndim != 2:
             raise InputError(f"X must be 2-D (n_samples, n_features), got shape {x.shape}")
         if x.shape[1] != self.n_features_in_:
-            names = self.feature_names_in_
+            names = list(self.feature_names_in_)
             raise InputError(
                 f"X has {x.shape[1]} features, but this ensemble expects {self.n_features_in_} "
                 f"({names[0]} ... {names[-1]})"

@@ -1,5 +1,5 @@
 """Ensemble members: one trained model each, predicting from its own preprocessed view
-(the MLP's matrix or XGBoost's, see :mod:`hpo.preprocess`).
+(the MLP's matrix or XGBoost's, see :mod:`hpo.data.preprocess`).
 
 The in-study ensemble (models read from the artifact store) and a loaded bundle (models
 read from its files) both predict through these classes, so they agree to rounding.
@@ -16,12 +16,23 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import safetensors
 import torch
 import xgboost as xgb
 
-from hpo.model import MLPSpec, build_mlp
+from hpo.models.mlp import MLPSpec, build_mlp
+from hpo.models.train import predict_raw, to_prediction
 from hpo.spec import Task
-from hpo.train import predict_raw, to_prediction
+
+# What a damaged or foreign model file raises while a member is built from it.
+MODEL_ERRORS = (
+    RuntimeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    safetensors.SafetensorError,
+    xgb.core.XGBoostError,
+)
 
 MemberKind = Literal["nn", "gbm"]
 

@@ -5,7 +5,7 @@ safetensors (plus their MLP spec in the manifest), GBM members XGBoost UBJSON mo
 rest JSON. The manifest holds the sha256 and byte size of every member file.
 
 Loading trusts nothing it has not checked: every file is a regular file of the bundle
-folder (no link, device or FIFO: see :mod:`hpo.untrusted`) of the size the manifest
+folder (no link, device or FIFO: see :mod:`hpo.ensemble.untrusted`) of the size the manifest
 records, the manifest itself is size- and depth-limited, and each network's declared
 shapes are compared with the tensor shapes in its safetensors header before a network is
 built, so a small bundle cannot make the loader allocate gigabytes.
@@ -33,15 +33,16 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpo import __version__
-from hpo.data import Dataset
-from hpo.ensemble import EnsembleReport
+from hpo.data.dataset import Dataset
+from hpo.data.preprocess import Preprocessor
+from hpo.ensemble.selection import EnsembleReport
+from hpo.ensemble.untrusted import load_json, read_regular_file
 from hpo.errors import HpoError
-from hpo.members import GBMMember, Member, NNMember, n_outputs, state_shapes
-from hpo.metrics import MetricName
-from hpo.model import MLPSpec
-from hpo.preprocess import Preprocessor
+from hpo.models.members import MODEL_ERRORS, GBMMember, Member, NNMember, n_outputs, state_shapes
+from hpo.models.metrics import MetricName
+from hpo.models.mlp import MLPSpec
 from hpo.spec import DataSpec, Task
-from hpo.untrusted import load_json, read_regular_file
+from hpo.storage.stored import StoredStudy
 
 FORMAT = "hpo-ensemble"
 FORMAT_VERSION = 2  # 2: the fitted preprocessing (tables) replaced the scaler
@@ -234,6 +235,20 @@ def _replaceable_files(out: Path) -> set[str]:
     return listed
 
 
+def export_stored(
+    found: StoredStudy, report: EnsembleReport, out: Path, *, force: bool, fmt: str = "bundle"
+) -> Manifest:
+    """``hpo export``: the ensemble of a study read back from storage, as a bundle; with
+    ``fmt`` ``onnx`` plus its ``model.onnx`` (needs the onnx extra)."""
+    extra: dict[str, bytes] = {}
+    if fmt != "bundle":
+        from hpo.ensemble.onnx_export import onnx_files
+
+        extra = onnx_files(report, found.data, fmt)
+    target = target_name(found.spec.data)
+    return export_bundle(report, found.data, out, force=force, target=target, extra_files=extra)
+
+
 def export_bundle(
     report: EnsembleReport,
     data: Dataset,
@@ -253,7 +268,7 @@ def export_bundle(
     """
     check_out_dir(out, force=force)
     weights = report.weights[report.method]
-    rows = {r["name"]: r for r in report.leaderboard["rows"]}
+    rows = {r.name: r for r in report.leaderboard.rows}
     members: list[dict[str, Any]] = []
     files: dict[str, bytes] = {}
     for member, trial, weight in zip(report.members, report.trials, weights, strict=True):
@@ -269,11 +284,15 @@ def export_bundle(
                 "file": name,
                 "weight": float(weight),
                 "params": trial.params,
-                "metrics": {k: row[k] for k in ("val_loss", "val_metric", "test_metric")},
+                "metrics": {
+                    "val_loss": row.val_loss,
+                    "val_metric": row.val_metric,
+                    "test_metric": row.test_metric,
+                },
                 "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
             }
         )
-    files.update(extra_files or {})  # model.onnx (hpo.onnx_export): checked like the others
+    files.update(extra_files or {})  # model.onnx (ensemble.onnx_export): checked like the others
     manifest = Manifest.model_validate(
         {
             "format": FORMAT,
@@ -281,14 +300,14 @@ def export_bundle(
             "name": report.name,
             "task": data.task,
             "method": report.method,
-            "metric": report.leaderboard["metric"],
+            "metric": report.leaderboard.metric,
             "classes": data.classes,
             "n_features": len(data.feature_names),
             "feature_names": data.feature_names,
             "preprocessing": data.preprocessor.to_dict(),
             "target": {"name": target, "mean": data.y_mean, "std": data.y_std},
             "members": members,
-            "leaderboard": report.leaderboard["rows"],
+            "leaderboard": report.leaderboard.to_json()["rows"],
             "versions": package_versions(),
             "files": {
                 name: {"sha256": _sha256(raw), "size": len(raw)} for name, raw in files.items()
@@ -438,14 +457,7 @@ def _load_member(
                 f"the preprocessing makes {expected}"
             )
         return gbm
-    except (
-        RuntimeError,
-        ValueError,
-        KeyError,
-        TypeError,
-        safetensors.SafetensorError,
-        xgb.core.XGBoostError,
-    ) as e:
+    except MODEL_ERRORS as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise HpoError(f"{file}: cannot load {member.kind}#{member.trial}: {first}") from None
 

@@ -1,0 +1,1 @@
+"""Reading data (IDX, tables, sklearn sets), splitting it, and the fitted preprocessing."""

@@ -1,0 +1,58 @@
+"""Where studies live (hpo.storage.backend): opening by URL, saying where, and model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.errors import HpoError
+from hpo.storage.backend import (
+    new_sqlite_file,
+    open_artifacts,
+    open_storage,
+    save_trial_results,
+    storage_url,
+)
+
+
+def test_the_default_url_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert storage_url() == "sqlite:///storage/hpo.db"
+    monkeypatch.setenv("HPO_STORAGE", "sqlite:///elsewhere.db")
+    assert storage_url() == "sqlite:///elsewhere.db"
+    assert storage_url("postgresql://h/db") == "postgresql://h/db"
+
+
+def test_a_new_sqlite_file_is_named_by_its_absolute_path(workdir: Path) -> None:
+    assert new_sqlite_file(None) == workdir.resolve() / "storage" / "hpo.db"
+    assert new_sqlite_file("postgresql://u@h/db") is None
+    open_storage()
+    assert new_sqlite_file(None) is None  # there now: nothing new to announce
+
+
+def test_a_read_only_command_names_the_missing_file_absolutely(workdir: Path) -> None:
+    with pytest.raises(HpoError) as e:
+        open_storage(must_exist=True)
+    assert str(e.value).startswith(f"no database at {workdir.resolve() / 'storage' / 'hpo.db'} ")
+    assert not (workdir / "storage").exists()
+
+
+def test_model_files_carry_a_content_type(workdir: Path) -> None:
+    study = optuna.create_study(study_name="m-nn", storage=open_storage())
+    trial = study.ask()
+    artifacts = open_artifacts()
+    save_trial_results(
+        trial,
+        artifacts,
+        "nn-trial-0.safetensors",
+        b"weights",
+        {"val_loss": 0.5},
+    )
+    study.tell(trial, 0.5)
+    (meta,) = optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage)
+    assert meta.mimetype == "application/octet-stream"  # not guessed from the extension
+    assert meta.filename == "nn-trial-0.safetensors"
+    assert study.trials[0].user_attrs == {"val_loss": 0.5, "artifact_id": meta.artifact_id}
+    with artifacts.open_reader(meta.artifact_id) as f:
+        assert f.read() == b"weights"
