@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,10 @@ from typer.testing import CliRunner, Result
 
 # Two cores: one torch thread keeps tiny models fast and steady (set before torch loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A shell that starts pytest in the background ignores SIGINT, and every child would
+# inherit that: the Ctrl-C tests need Python's own handler, here and in subprocesses.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from hpo.cli import app
 
