@@ -31,6 +31,23 @@ def raw_test_split(name: str, data: Dataset, *, seed: int = 0, test_fraction: fl
     return x_test
 
 
+def tune_and_export(spec: Path, name: str, root: Path) -> Path:
+    """``hpo run`` the spec and ``hpo export`` its ensemble to ``root/bundle``, both on a
+    storage and artifact store of their own under ``root``; returns the bundle folder."""
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    storage = ["--storage", f"sqlite:///{root / 'hpo.db'}", "--artifacts", str(root / "art")]
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", str(spec), "-q", *storage])
+    assert ran.exit_code == 0, ran.output
+    out = root / "bundle"
+    exported = runner.invoke(app, ["export", name, "--out", str(out), *storage])
+    assert exported.exit_code == 0, exported.output
+    return out
+
+
 def copy_sqlite(src: Path, dst: Path) -> None:
     """A consistent copy of a (WAL-mode) SQLite database."""
     with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:

@@ -24,11 +24,11 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import TINY_SPEC
+from helpers import tune_and_export
 from test_hostile import hpo, one_error_line
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import hpo as hpo_lib
-from hpo.cli import app
 from hpo.ensemble import bundle as bundle_module
 from hpo.ensemble.predict_files import predict_to_csv
 from hpo.errors import HpoError
@@ -47,13 +47,7 @@ class Exported:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     root = tmp_path_factory.mktemp("exported")
     (root / "spec.yaml").write_text(yaml.safe_dump(TINY_SPEC))
-    storage = ["--storage", f"sqlite:///{root / 'hpo.db'}", "--artifacts", str(root / "art")]
-    runner = CliRunner()
-    ran = runner.invoke(app, ["run", str(root / "spec.yaml"), "-q", *storage])
-    assert ran.exit_code == 0, ran.output
-    out = root / "bundle"
-    done = runner.invoke(app, ["export", "tiny", "--out", str(out), *storage])
-    assert done.exit_code == 0, done.output
+    out = tune_and_export(root / "spec.yaml", "tiny", root)
     names = json.loads((out / "manifest.json").read_text())["feature_names"]
     x = np.random.default_rng(0).integers(0, 17, size=(100, 64)).astype(np.float64)
     return Exported(out, x, names)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import TINY_SPEC
+from helpers import tune_and_export
 from typer.testing import CliRunner, Result
 
 import hpo
@@ -256,14 +257,7 @@ def table_study(tmp_path_factory: pytest.TempPathFactory) -> TableStudy:
     spec["nn"] = {**TINY_SPEC["nn"], "epochs": 15, "search_space": {
         **TINY_SPEC["nn"]["search_space"], "embedding_dim": {"low": 2, "high": 4}}}  # fmt: skip
     (root / "people.yaml").write_text(yaml.safe_dump(spec))
-    store = ["--storage", f"sqlite:///{root / 'hpo.db'}", "--artifacts", str(root / "art")]
-    runner = CliRunner()
-    ran = runner.invoke(app, ["run", str(root / "people.yaml"), "-q", *store])
-    assert ran.exit_code == 0, ran.output
-    out = root / "bundle"
-    exported = runner.invoke(app, ["export", "people", "--out", str(out), *store])
-    assert exported.exit_code == 0, exported.output
-    return TableStudy(root, out, df)
+    return TableStudy(root, tune_and_export(root / "people.yaml", "people", root), df)
 
 
 def test_table_study_trials_record_the_embedding_width(table_study: TableStudy) -> None:
