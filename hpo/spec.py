@@ -28,7 +28,7 @@ from pydantic import (
 from hpo.errors import HpoError
 
 Task = Literal["binary", "multiclass", "regression"]
-Scaling = Literal["minmax", "minmax_symmetric", "standard", "none"]
+Scaling = Literal["minmax", "minmax_symmetric", "standard", "robust", "quantile", "none"]
 Activation = Literal["relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "tanh", "sigmoid"]
 Initializer = Literal[
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal", "default"
@@ -36,12 +36,14 @@ Initializer = Literal[
 Normalization = Literal[
     "none", "batchnorm_before", "batchnorm_after", "layernorm_before", "layernorm_after"
 ]
-Optimizer = Literal["sgd", "momentum", "rmsprop", "adam", "nadam", "adagrad"]
+Optimizer = Literal["sgd", "momentum", "rmsprop", "adam", "nadam", "adagrad", "adamw"]
+LRSchedule = Literal["constant", "cosine", "flat_cosine", "plateau"]
 
 ACTIVATIONS: tuple[Activation, ...] = Activation.__args__  # type: ignore[attr-defined]
 INITIALIZERS: tuple[Initializer, ...] = Initializer.__args__  # type: ignore[attr-defined]
 NORMALIZATIONS: tuple[Normalization, ...] = Normalization.__args__  # type: ignore[attr-defined]
 OPTIMIZERS: tuple[Optimizer, ...] = Optimizer.__args__  # type: ignore[attr-defined]
+LR_SCHEDULES: tuple[LRSchedule, ...] = LRSchedule.__args__  # type: ignore[attr-defined]
 # What the leaderboard ranks and the greedy ensemble optimizes (hpo.models.metrics computes them).
 MetricName = Literal[
     "accuracy", "balanced_accuracy", "roc_auc", "log_loss", "f1", "rmse", "mae", "r2"
@@ -156,11 +158,17 @@ class NNSpace(_Space):
     dropout: FloatDim = FloatRange(low=0.0, high=0.5)
     l2: FloatDim = FloatRange(low=1e-6, high=1e-2, log=True)
     learning_rate: FloatDim = FloatRange(low=1e-4, high=3e-2, log=True)
-    optimizer: _choices(Optimizer) = list(OPTIMIZERS)  # type: ignore[valid-type]
+    # adamw is offered but not searched by default: the default space stays what it was.
+    optimizer: _choices(Optimizer) = [o for o in OPTIMIZERS if o != "adamw"]  # type: ignore[valid-type]
     batch_size: _choices(int) = [32, 64, 128, 256]  # type: ignore[valid-type]
     # Width of each category embedding; used only when a table has a column with more
     # levels than data.max_onehot, yet recorded in every trial like the other dimensions.
     embedding_dim: IntDim = IntRange(low=4, high=16, log=True)
+    # Defaults pinned to the behaviour before these keys existed (PyTorch's Adam beta2,
+    # a constant rate, hard labels); RealMLP's are 0.95, flat_cosine-like and 0.1.
+    beta2: FloatDim = FloatRange(low=0.999, high=0.999)  # adam, adamw, nadam
+    lr_schedule: _choices(LRSchedule) = ["constant"]  # type: ignore[valid-type]
+    label_smoothing: FloatDim = FloatRange(low=0.0, high=0.0)  # classification only
 
     @model_validator(mode="after")
     def _check_bounds(self) -> NNSpace:
@@ -172,6 +180,12 @@ class NNSpace(_Space):
             raise ValueError(f"learning_rate must be > 0, got {self._show(self.learning_rate)}")
         if min(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 < self.beta2.low <= self.beta2.high < 1.0:
+            raise ValueError(f"beta2 must lie in (0, 1), got {self._show(self.beta2)}")
+        if not 0.0 <= self.label_smoothing.low <= self.label_smoothing.high < 1.0:
+            raise ValueError(
+                f"label_smoothing must lie in [0, 1), got {self._show(self.label_smoothing)}"
+            )
         return self
 
     @staticmethod

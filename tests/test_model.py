@@ -137,6 +137,7 @@ def test_l2_is_coupled_weight_decay_on_weight_matrices_only() -> None:
         ("adam", torch.optim.Adam),
         ("nadam", torch.optim.NAdam),
         ("adagrad", torch.optim.Adagrad),
+        ("adamw", torch.optim.AdamW),
     ],
 )
 def test_optimizers(name: str, cls: type) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpo.spec import Activation, Initializer, Normalization, Optimizer
+from hpo.spec import Activation, Initializer, LRSchedule, Normalization, Optimizer
 
 _LEAKY_SLOPE = 0.01
 _PRELU_INIT = 0.25
@@ -66,6 +66,10 @@ class MLPSpec:
     optimizer: Optimizer
     batch_size: int
     embedding_dim: int = 8  # width of each category embedding, when the data has any
+    # Defaults are the behaviour before these fields existed, so old trials load unchanged.
+    beta2: float = 0.999  # Adam's second-moment decay (adam, adamw, nadam)
+    lr_schedule: LRSchedule = "constant"
+    label_smoothing: float = 0.0  # classification only
 
     @classmethod
     def from_params(
@@ -84,6 +88,9 @@ class MLPSpec:
             optimizer=params["optimizer"],
             batch_size=int(params["batch_size"]),
             embedding_dim=int(params.get("embedding_dim", 8)),
+            beta2=float(params.get("beta2", 0.999)),
+            lr_schedule=params.get("lr_schedule", "constant"),
+            label_smoothing=float(params.get("label_smoothing", 0.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
