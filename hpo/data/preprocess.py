@@ -283,6 +283,8 @@ class Preprocessor:
         n = len(pre.numeric)
         if len(pre.medians) != n or len(pre.scaler.offset) != n or len(pre.scaler.scale) != n:
             raise ValueError(f"medians and scaler parameters are not {n} long")
+        if pre.scaler.quantiles is not None and len(pre.scaler.quantiles) != n:
+            raise ValueError(f"the scaler's quantiles are not {n} rows")
         used = pre.numeric + [c.name for c in pre.categorical]
         if sorted(used) != sorted(pre.feature_names) or not set(pre.indicators) <= set(used):
             raise ValueError("numeric and categorical columns do not match feature_names")

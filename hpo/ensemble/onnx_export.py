@@ -7,8 +7,9 @@ for missing). The graph does what :class:`hpo.data.preprocess.Preprocessor` and
 :func:`hpo.models.members.combine` do:
 
 - the preprocessing: infinity as missing, the training medians for missing values, the
-  scaling, the missing-indicator columns, and per category column the level index
-  (``LabelEncoder``) as one-hot columns, an embedding code, or XGBoost's native category;
+  scaling (robust's smooth clip; quantile's piecewise-linear map, found by binary search),
+  the missing-indicator columns, and per category column the level index (``LabelEncoder``)
+  as one-hot columns, an embedding code, or XGBoost's native category;
 - every NN member (``torch.onnx.export``, the dynamo exporter) and every XGBoost member
   (onnxmltools' converter, native categorical splits since onnx/onnxmltools#734 and #743),
   each on its own view, as :mod:`hpo.models.members` feeds them;
@@ -51,6 +52,7 @@ except ImportError as e:
         f"--format onnx needs {e.name}: pip install 'hpo[onnx]' (onnx, onnxscript, onnxmltools)"
     ) from None
 from hpo.data.preprocess import MISSING_CODE, UNSEEN_CODE, CategoryColumn, Preprocessor
+from hpo.data.scaler import CLIP, Scaler
 from hpo.models.members import GBMMember, Member, NNMember
 from hpo.spec import Task
 
@@ -217,8 +219,7 @@ def _preprocessing(graph: _Graph, pre: Preprocessor) -> tuple[str, str]:
     x = graph.op("Where", [graph.op("IsInf", [INPUT]), nan, INPUT])
     missing = graph.op("IsNaN", [x])
     imputed = graph.op("Where", [missing, graph.const(pre.medians.astype(np.float32)), x])
-    shifted = graph.op("Sub", [imputed, graph.const(pre.scaler.offset.astype(np.float32))])
-    scaled = graph.op("Div", [shifted, graph.const(pre.scaler.scale.astype(np.float32))])
+    scaled = _scaling(graph, imputed, pre.scaler)
     if not pre.gbm_own_view:
         return scaled, scaled
     nn_parts, gbm_parts = [scaled], [x]
@@ -258,6 +259,55 @@ def _preprocessing(graph: _Graph, pre: Preprocessor) -> tuple[str, str]:
     nn = graph.op("Concat", nn_parts, axis=1) if len(nn_parts) > 1 else nn_parts[0]
     gbm = graph.op("Concat", gbm_parts, axis=1) if len(gbm_parts) > 1 else gbm_parts[0]
     return nn, gbm
+
+
+def _scaling(graph: _Graph, x: str, scaler: Scaler) -> str:
+    """:meth:`Scaler.transform` in ONNX ops: the affine step, then robust's smooth clip or
+    quantile's piecewise-linear map to normal scores."""
+    shifted = graph.op("Sub", [x, graph.const(scaler.offset.astype(np.float32))])
+    z = graph.op("Div", [shifted, graph.const(scaler.scale.astype(np.float32))])
+    if scaler.kind == "robust":  # z / sqrt(1 + (z / 3)^2)
+        ratio = graph.op("Div", [z, graph.const(np.float32(CLIP))])
+        one = graph.const(np.float32(1.0))
+        root = graph.op("Sqrt", [graph.op("Add", [one, graph.op("Mul", [ratio, ratio])])])
+        return graph.op("Div", [z, root])
+    if scaler.kind == "quantile":
+        return _piecewise_linear(graph, z, scaler)
+    return z
+
+
+def _piecewise_linear(graph: _Graph, x: str, scaler: Scaler) -> str:
+    """Per feature, the normal score interpolated between the two knots around ``x``.
+
+    ONNX has no searchsorted: a binary search finds, per cell, the last knot at or below the
+    value in log2(knots) rounds of Gather and compare on ``[rows, features]``, so memory
+    stays that of the input (a ``[rows, features, knots]`` comparison would not)."""
+    assert scaler.quantiles is not None
+    n, k = scaler.quantiles.shape
+    knots = graph.const(scaler.quantiles.reshape(-1).astype(np.float32))
+    scores = graph.const(scaler.normal_scores.reshape(-1).astype(np.float32))
+    base = graph.const(np.arange(n, dtype=np.int64) * k)  # each feature's first knot
+    last = graph.const(np.int64(k - 1))
+
+    def at(table: str, index: str) -> str:
+        return graph.op("Gather", [table, graph.op("Add", [base, index])], axis=0)
+
+    index = graph.const(np.zeros(n, dtype=np.int64))  # broadcast to [rows, features]
+    step = 1 << (k - 1).bit_length()
+    while step := step // 2:
+        candidate = graph.op("Min", [graph.op("Add", [index, graph.const(np.int64(step))]), last])
+        below = graph.op("LessOrEqual", [at(knots, candidate), x])
+        index = graph.op("Where", [below, candidate, index])
+    low_i = graph.op("Min", [index, graph.const(np.int64(k - 2))])
+    high_i = graph.op("Add", [low_i, graph.const(np.int64(1))])
+    lo, hi = at(knots, low_i), at(knots, high_i)
+    gap = graph.op("Sub", [hi, lo])
+    positive = graph.op("Greater", [gap, graph.const(np.float32(0))])
+    width = graph.op("Where", [positive, gap, graph.const(np.float32(1))])
+    t = graph.op("Div", [graph.op("Sub", [x, lo]), width])
+    t = graph.op("Clip", [t, graph.const(np.float32(0)), graph.const(np.float32(1))])
+    s_lo, s_hi = at(scores, low_i), at(scores, high_i)
+    return graph.op("Add", [s_lo, graph.op("Mul", [t, graph.op("Sub", [s_hi, s_lo])])])
 
 
 def _level_index(graph: _Graph, i: int, column: CategoryColumn) -> str:
