@@ -339,16 +339,26 @@ def test_export_without_a_database_writes_nothing(
 
 
 @pytest.mark.parametrize(
-    ("dataset", "task"), [("diabetes", "regression"), ("breast_cancer", "binary")]
+    ("dataset", "task", "scaling"),
+    [
+        ("diabetes", "regression", "standard"),
+        ("breast_cancer", "binary", "standard"),
+        ("diabetes", "regression", "quantile"),
+        ("breast_cancer", "binary", "robust"),
+    ],
 )
 def test_regression_and_binary_bundles_predict_as_the_study(
-    dataset: str, task: str, write_spec: Callable[..., Path], cli: Callable[..., Result]
+    dataset: str,
+    task: str,
+    scaling: str,
+    write_spec: Callable[..., Path],
+    cli: Callable[..., Result],
 ) -> None:
     spec = write_spec(
         {
             "name": dataset.replace("_", "-"),
             "task": task,
-            "data": {"name": dataset},
+            "data": {"name": dataset, "scaling": scaling},
             "nn": {"trials": 3, "epochs": 8},
             "gbm": {"trials": 2, "search_space": {"n_estimators": 40}},
         }

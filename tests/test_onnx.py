@@ -78,6 +78,14 @@ CASES: dict[str, tuple[str, dict]] = {
     "diabetes": ("regression", {"source": "sklearn", "name": "diabetes"}),
     "table": ("binary", {"source": "csv", "path": "table.csv", "target": "label"}),
     "mixed": ("binary", {"source": "csv", "path": "mixed.csv", "target": "label"}),
+    "table_robust": (
+        "binary",
+        {"source": "csv", "path": "table_robust.csv", "target": "label", "scaling": "robust"},
+    ),
+    "diabetes_quantile": (
+        "regression",
+        {"source": "sklearn", "name": "diabetes", "scaling": "quantile"},
+    ),
 }
 
 
@@ -97,10 +105,10 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[P
         if task == "regression":
             spec["metric"] = "rmse"
         x: object
-        if case in ("table", "mixed"):
-            x = (_table if case == "table" else _mixed)(root / f"{case}.csv")
+        if data["source"] == "csv":
+            x = (_mixed if case == "mixed" else _table)(root / data["path"])
         else:
-            x = getattr(sklearn.datasets, f"load_{case}")(as_frame=True).data
+            x = getattr(sklearn.datasets, f"load_{data['name']}")(as_frame=True).data
         (root / f"{case}.yaml").write_text(yaml.safe_dump(spec))
         storage = ["--storage", f"sqlite:///{root / 'hpo.db'}", "--artifacts", str(root / "a")]
         runner = CliRunner()

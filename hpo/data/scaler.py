@@ -122,7 +122,10 @@ class Scaler:
             "scale": self.scale.tolist(),
         }
         if self.quantiles is not None and self.references is not None:
-            d["quantiles"] = self.quantiles.tolist()
+            # float32's shortest text ("0.3", not 0.30000001192092896) reads back to the same
+            # float32 and keeps a 784-feature table's 784,000 knots well under the bundle's
+            # 16 MB manifest limit.
+            d["quantiles"] = [[float(str(v)) for v in row] for row in self.quantiles]
             d["references"] = self.references.tolist()
         return d
 
