@@ -115,3 +115,29 @@ def test_hand_built_baseline_runs_first_with_its_own_layers(write_spec) -> None:
     # Enqueued once: a rerun does not enqueue it again.
     _, _, study = _run(write_spec, changes, 3)
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+
+
+def test_training_dimensions_are_searched_and_recorded(write_spec) -> None:
+    space = {
+        "optimizer": ["adam", "adamw"],
+        "beta2": {"low": 0.9, "high": 0.999},
+        "lr_schedule": ["cosine", "flat_cosine", "plateau"],
+        "label_smoothing": {"low": 0.0, "high": 0.2},
+    }
+    baseline = {"optimizer": "adamw", "beta2": 0.95, "lr_schedule": "flat_cosine"}
+    changes = {"pruner": "none", "nn": {"search_space": space, "baselines": [baseline]}}
+    _, _, study = _run(write_spec, changes, 3)
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        mlp = MLPSpec.from_dict(trial.user_attrs["mlp_spec"])
+        assert (mlp.optimizer, mlp.beta2, mlp.lr_schedule, mlp.label_smoothing) == (
+            trial.params["optimizer"],
+            trial.params["beta2"],
+            trial.params["lr_schedule"],
+            trial.params["label_smoothing"],
+        )
+    first = study.trials[0].params
+    assert (first["optimizer"], first["beta2"], first["lr_schedule"]) == (
+        "adamw",
+        0.95,
+        "flat_cosine",
+    )
