@@ -92,6 +92,17 @@ def test_malformed_quantiles_are_refused() -> None:
         Scaler.from_dict(d)
 
 
+def test_a_preprocessing_with_inconsistent_quantiles_is_refused() -> None:
+    x = skewed()
+    d = Preprocessor.fit_array(x, [f"f{i}" for i in range(x.shape[1])], "quantile").to_dict()
+    d["scaler"]["quantiles"] = d["scaler"]["quantiles"][:-1]
+    with pytest.raises(ValueError, match="quantiles are not 5 rows"):
+        Preprocessor.from_dict(d)
+    d["scaler"]["kind"] = "bogus"
+    with pytest.raises(ValueError, match="unknown scaling 'bogus'"):
+        Preprocessor.from_dict(d)
+
+
 @pytest.mark.parametrize("kind", ["robust", "quantile"])
 def test_onnx_scaling_matches_numpy(kind: str) -> None:
     x = skewed()

@@ -29,6 +29,7 @@ from hpo.spec import Scaling
 
 CLIP = 3.0  # robust: pytabkit's smooth_clip_max_abs_value
 N_QUANTILES = 1000  # quantile: scikit-learn's default n_quantiles
+SCALINGS: tuple[Scaling, ...] = Scaling.__args__  # type: ignore[attr-defined]
 BOUNDS = 1e-7  # quantile: ranks are clipped to [BOUNDS, 1 - BOUNDS] (scikit-learn's) -> ±5.2
 
 
@@ -136,6 +137,8 @@ class Scaler:
         Raises:
             ValueError, KeyError, TypeError: the dict is not a consistent scaler.
         """
+        if d["kind"] not in SCALINGS:
+            raise ValueError(f"unknown scaling {d['kind']!r}")
         scaler = cls(
             d["kind"], np.asarray(d["offset"], np.float32), np.asarray(d["scale"], np.float32)
         )
