@@ -37,6 +37,7 @@ Normalization = Literal[
     "none", "batchnorm_before", "batchnorm_after", "layernorm_before", "layernorm_after"
 ]
 Optimizer = Literal["sgd", "momentum", "rmsprop", "adam", "nadam", "adagrad"]
+NumericEmbedding = Literal["none", "periodic"]
 
 ACTIVATIONS: tuple[Activation, ...] = Activation.__args__  # type: ignore[attr-defined]
 INITIALIZERS: tuple[Initializer, ...] = Initializer.__args__  # type: ignore[attr-defined]
@@ -161,6 +162,22 @@ class NNSpace(_Space):
     # Width of each category embedding; used only when a table has a column with more
     # levels than data.max_onehot, yet recorded in every trial like the other dimensions.
     embedding_dim: IntDim = IntRange(low=4, high=16, log=True)
+    # --- Architecture (RealMLP, TabM; hpo.models.embeddings, hpo.models.tabm) ---
+    # Each pinned to today's MLP by default. ``periodic`` embeds every dense column as RealMLP
+    # does (pbld); the three settings after it only act then, yet are recorded in every trial.
+    # The ranges are pytabkit's widest RealMLP search space (its TD defaults: 16, 0.1, 3).
+    numeric_embedding: _choices(NumericEmbedding) = ["none"]  # type: ignore[valid-type]
+    n_frequencies: IntDim = IntRange(low=4, high=64, log=True)
+    frequency_scale: FloatDim = FloatRange(low=0.01, high=10.0, log=True)  # sigma of their init
+    periodic_width: IntDim = IntRange(low=1, high=32, log=True)  # learned values per column
+    feature_scale: _choices(bool) = [False]  # type: ignore[valid-type]
+    heads: IntDim = IntRange(low=1, high=1)  # k of a TabM-mini network; 1 is the plain MLP
+
+    @model_validator(mode="after")
+    def _check_architecture(self) -> NNSpace:
+        if self.frequency_scale.low <= 0:
+            raise ValueError(f"frequency_scale must be > 0, got {self._show(self.frequency_scale)}")
+        return self
 
     @model_validator(mode="after")
     def _check_bounds(self) -> NNSpace:
@@ -332,6 +349,9 @@ class Limits(_Frozen):
     depth: int = Field(default=64, ge=1, description="hidden layers")
     batch_size: int = Field(default=1_048_576, ge=1)
     embedding_dim: int = Field(default=4_096, ge=1, description="units per category embedding")
+    heads: int = Field(default=256, ge=1, description="members of a TabM-style network")
+    n_frequencies: int = Field(default=4_096, ge=1, description="per periodic-embedded column")
+    periodic_width: int = Field(default=4_096, ge=1, description="per periodic-embedded column")
     max_onehot: int = Field(default=4_096, ge=1, description="columns one category may take")
     epochs: int = Field(default=100_000, ge=1)
     patience: int = Field(default=100_000, ge=1, description="epochs without improvement")
@@ -389,6 +409,9 @@ class StudySpec(_Frozen):
         yield "nn.search_space.width", space.width.high, "width"
         yield "nn.search_space.batch_size", max(space.batch_size), "batch_size"
         yield "nn.search_space.embedding_dim", space.embedding_dim.high, "embedding_dim"
+        yield "nn.search_space.heads", space.heads.high, "heads"
+        yield "nn.search_space.n_frequencies", space.n_frequencies.high, "n_frequencies"
+        yield "nn.search_space.periodic_width", space.periodic_width.high, "periodic_width"
         yield "data.max_onehot", self.data.max_onehot, "max_onehot"
         for i, baseline in enumerate(nn.baselines):
             layers = baseline.layers or []
