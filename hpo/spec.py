@@ -227,6 +227,9 @@ class NNConfig(_Frozen):
     epochs: int = Field(default=30, ge=1)
     patience: int = Field(default=5, ge=1, description="epochs without improvement")
     search_space: NNSpace = NNSpace()
+    # Tabular studies (every source but idx) try RealMLP-TD's defaults first, fitted into
+    # the search space (hpo.studies.defaults), before the baselines below.
+    realmlp_baseline: bool = True
     baselines: list[Baseline] = []
 
     @model_validator(mode="after")
