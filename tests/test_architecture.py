@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -293,3 +294,40 @@ def test_bundle_and_onnx_predict_as_the_study(variant: str, tmp_path: Path) -> N
             np.testing.assert_allclose(got, in_study, rtol=1e-6, atol=1e-4)
         else:
             np.testing.assert_allclose(got, in_study, rtol=0, atol=1e-5)
+
+
+def test_all_settings_on_a_table_with_embedded_categories_export_to_onnx(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n = 300
+    df = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "city": rng.choice([f"c{i}" for i in range(30)], n),  # embedded (> max_onehot)
+            "color": rng.choice(["red", "green"], n),  # one-hot
+        }
+    )
+    even = df["city"].isin([f"c{i}" for i in range(0, 30, 2)])
+    df["label"] = (df["a"] + even > 0.5).astype(int)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    all_on = {"numeric_embedding": "periodic", "feature_scale": True, "heads": 3}
+    spec_ = copy.deepcopy(TINY_SPEC) | {"name": "t", "task": "binary"}
+    spec_["data"] = {"source": "csv", "path": "t.csv", "target": "label"}
+    spec_["nn"] = spec_["nn"] | {"trials": 1, "epochs": 8}
+    spec_["nn"]["search_space"] = spec_["nn"]["search_space"] | all_on
+    spec_["gbm"] = spec_["gbm"] | {"trials": 0}
+    spec_["ensemble"] = {"method": "average", "nn_members": 1, "gbm_members": 0}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_))
+    storage = ["--storage", f"sqlite:///{tmp_path / 'hpo.db'}", "--artifacts", str(tmp_path / "a")]
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", "spec.yaml", "-q", *storage])
+    assert ran.exit_code == 0, ran.output
+    args = ["export", "t", "--out", "bundle", "--format", "onnx", *storage]
+    exported = runner.invoke(app, args)
+    assert exported.exit_code == 0, exported.output
+    native = hpo.load_ensemble(tmp_path / "bundle", engine="native")
+    member = native.members_[0]  # type: ignore[attr-defined]
+    assert isinstance(member.model, EmbeddingMLP) and isinstance(member.model.mlp, TabMMini)
+    x = df.drop(columns="label")
+    want = native.predict_proba(x)  # type: ignore[attr-defined]
+    got = hpo.load_ensemble(tmp_path / "bundle", engine="onnx").predict_proba(x)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
