@@ -331,3 +331,15 @@ def test_all_settings_on_a_table_with_embedded_categories_export_to_onnx(tmp_pat
     want = native.predict_proba(x)  # type: ignore[attr-defined]
     got = hpo.load_ensemble(tmp_path / "bundle", engine="onnx").predict_proba(x)  # type: ignore[attr-defined]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_evaluation_chunks_shrink_with_the_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hpo.models.train as train
+
+    model = built(spec(heads=4, dropout=0.0))
+    rows: list[int] = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: rows.append(len(x)) or forward(x))
+    monkeypatch.setattr(train, "EVAL_CHUNK", 40)
+    assert predict_raw(model, torch.randn(25, 6)).shape == (25, 4, 3)
+    assert rows == [10, 10, 5]  # 40 rows of hidden activations per pass: 10 inputs x 4 heads

@@ -206,6 +206,11 @@ def build_mlp(
     return EmbeddingMLP(mlp, n_dense, embedding_sizes, spec.embedding_dim, periodic, scale)
 
 
+def heads_of(model: nn.Module) -> int:
+    """k of a network from :func:`build_mlp`: its TabM-mini members, else 1."""
+    return next((m.k for m in model.modules() if isinstance(m, TabMMini)), 1)
+
+
 def _hidden_layers(spec: MLPSpec, n_inputs: int) -> tuple[list[nn.Module], int]:
     """The hidden layers' modules in order, and the width they end with."""
     modules: list[nn.Module] = []

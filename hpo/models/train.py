@@ -17,7 +17,7 @@ from torch import nn
 
 from hpo.data.dataset import Dataset
 from hpo.models.metrics import MetricName, default_metric, recorded_metrics, scores
-from hpo.models.mlp import MLPSpec, build_mlp
+from hpo.models.mlp import MLPSpec, build_mlp, heads_of
 
 EVAL_CHUNK = 16384  # rows per forward pass at evaluation; bounds memory on big splits
 
@@ -121,7 +121,8 @@ def predict_raw(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Network outputs (logits, or standardized regression values) in eval mode; a k-head
     network's are ``(rows, k, outputs)``."""
     model.eval()
-    return torch.cat([model(x[i : i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
+    chunk = max(1, EVAL_CHUNK // heads_of(model))  # k heads run k rows per input row
+    return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def _validation_loss(task: str, out: torch.Tensor, y: torch.Tensor, y_std: float) -> torch.Tensor:
