@@ -38,6 +38,7 @@ Normalization = Literal[
 ]
 Optimizer = Literal["sgd", "momentum", "rmsprop", "adam", "nadam", "adagrad", "adamw"]
 LRSchedule = Literal["constant", "cosine", "flat_cosine", "plateau"]
+NumericEmbedding = Literal["none", "periodic"]
 
 ACTIVATIONS: tuple[Activation, ...] = Activation.__args__  # type: ignore[attr-defined]
 INITIALIZERS: tuple[Initializer, ...] = Initializer.__args__  # type: ignore[attr-defined]
@@ -169,6 +170,22 @@ class NNSpace(_Space):
     beta2: FloatDim = FloatRange(low=0.999, high=0.999)  # adam, adamw, nadam
     lr_schedule: _choices(LRSchedule) = ["constant"]  # type: ignore[valid-type]
     label_smoothing: FloatDim = FloatRange(low=0.0, high=0.0)  # classification only
+    # --- Architecture (RealMLP, TabM; hpo.models.embeddings, hpo.models.tabm) ---
+    # Each pinned to today's MLP by default. ``periodic`` embeds every dense column as RealMLP
+    # does (pbld); the three settings after it only act then, yet are recorded in every trial.
+    # The ranges are pytabkit's widest RealMLP search space (its TD defaults: 16, 0.1, 3).
+    numeric_embedding: _choices(NumericEmbedding) = ["none"]  # type: ignore[valid-type]
+    n_frequencies: IntDim = IntRange(low=4, high=64, log=True)
+    frequency_scale: FloatDim = FloatRange(low=0.01, high=10.0, log=True)  # sigma of their init
+    periodic_width: IntDim = IntRange(low=1, high=32, log=True)  # learned values per column
+    feature_scale: _choices(bool) = [False]  # type: ignore[valid-type]
+    heads: IntDim = IntRange(low=1, high=1)  # k of a TabM-mini network; 1 is the plain MLP
+
+    @model_validator(mode="after")
+    def _check_architecture(self) -> NNSpace:
+        if self.frequency_scale.low <= 0:
+            raise ValueError(f"frequency_scale must be > 0, got {self._show(self.frequency_scale)}")
+        return self
 
     @model_validator(mode="after")
     def _check_bounds(self) -> NNSpace:
@@ -224,6 +241,9 @@ class NNConfig(_Frozen):
     epochs: int = Field(default=30, ge=1)
     patience: int = Field(default=5, ge=1, description="epochs without improvement")
     search_space: NNSpace = NNSpace()
+    # Tabular studies (every source but idx) try RealMLP-TD's defaults first, fitted into
+    # the search space (hpo.studies.defaults), before the baselines below.
+    realmlp_baseline: bool = True
     baselines: list[Baseline] = []
 
     @model_validator(mode="after")
@@ -346,6 +366,9 @@ class Limits(_Frozen):
     depth: int = Field(default=64, ge=1, description="hidden layers")
     batch_size: int = Field(default=1_048_576, ge=1)
     embedding_dim: int = Field(default=4_096, ge=1, description="units per category embedding")
+    heads: int = Field(default=256, ge=1, description="members of a TabM-style network")
+    n_frequencies: int = Field(default=4_096, ge=1, description="per periodic-embedded column")
+    periodic_width: int = Field(default=4_096, ge=1, description="per periodic-embedded column")
     max_onehot: int = Field(default=4_096, ge=1, description="columns one category may take")
     epochs: int = Field(default=100_000, ge=1)
     patience: int = Field(default=100_000, ge=1, description="epochs without improvement")
@@ -403,6 +426,9 @@ class StudySpec(_Frozen):
         yield "nn.search_space.width", space.width.high, "width"
         yield "nn.search_space.batch_size", max(space.batch_size), "batch_size"
         yield "nn.search_space.embedding_dim", space.embedding_dim.high, "embedding_dim"
+        yield "nn.search_space.heads", space.heads.high, "heads"
+        yield "nn.search_space.n_frequencies", space.n_frequencies.high, "n_frequencies"
+        yield "nn.search_space.periodic_width", space.periodic_width.high, "periodic_width"
         yield "data.max_onehot", self.data.max_onehot, "max_onehot"
         for i, baseline in enumerate(nn.baselines):
             layers = baseline.layers or []

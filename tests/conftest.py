@@ -37,6 +37,8 @@ TINY_SPEC: dict[str, Any] = {
         "trials": 4,
         "epochs": 6,
         "patience": 3,
+        # Its own tests turn it on (test_defaults.py); here trials stay the sampler's.
+        "realmlp_baseline": False,
         "search_space": {
             "depth": {"low": 1, "high": 2},
             "width": {"low": 16, "high": 64, "log": True},

@@ -512,6 +512,9 @@ def _check_shapes(
     sizes = [("width", layer.width) for layer in spec.layers]
     if pre.embedding_sizes:
         sizes.append(("embedding_dim", spec.embedding_dim))
+    if spec.numeric_embedding == "periodic":
+        sizes += [("n_frequencies", spec.n_frequencies), ("periodic_width", spec.periodic_width)]
+    sizes.append(("heads", spec.heads))
     for key, value in sizes:
         if value > largest:
             raise HpoError(

@@ -346,13 +346,26 @@ def _add_nn(graph: _Graph, member: NNMember, feed: str, width: int, prefix: str,
     assert program is not None
     (logits,) = graph.add_model(program.model_proto, prefix, feed)
     out = graph.op("Cast", [logits], to=TensorProto.DOUBLE)
+    # A k-head network's logits are [rows, k, outputs]: each head's probabilities (or
+    # values), then their mean over the heads, as hpo.models.train.to_prediction does.
+    heads = member.mlp_spec.heads > 1
     if task == "multiclass":
-        return graph.op("Softmax", [out], axis=1)
-    first = graph.op("Squeeze", [out, graph.const(np.asarray([1], dtype=np.int64))])
+        return _mean_of_heads(graph, graph.op("Softmax", [out], axis=-1), heads)
+    first = graph.op("Squeeze", [out, graph.const(np.asarray([-1], dtype=np.int64))])
     if task == "binary":
-        return _binary(graph, graph.op("Sigmoid", [first]))
-    scaled = graph.op("Mul", [first, graph.const(np.float64(member.y_std))])
+        return _binary(graph, _mean_of_heads(graph, graph.op("Sigmoid", [first]), heads))
+    scaled = graph.op(
+        "Mul", [_mean_of_heads(graph, first, heads), graph.const(np.float64(member.y_std))]
+    )
     return graph.op("Add", [scaled, graph.const(np.float64(member.y_mean))])
+
+
+def _mean_of_heads(graph: _Graph, per_head: str, heads: bool) -> str:
+    """The mean over axis 1 (the heads) of a k-head network's predictions."""
+    if not heads:
+        return per_head
+    axes = graph.const(np.asarray([1], dtype=np.int64))
+    return graph.op("ReduceMean", [per_head, axes], keepdims=0)
 
 
 def _add_gbm(

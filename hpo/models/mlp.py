@@ -13,7 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpo.spec import Activation, Initializer, LRSchedule, Normalization, Optimizer
+from hpo.models.embeddings import FeatureScale, PeriodicEmbedding
+from hpo.models.tabm import TabMMini
+from hpo.spec import (
+    Activation,
+    Initializer,
+    LRSchedule,
+    Normalization,
+    NumericEmbedding,
+    Optimizer,
+)
 
 _LEAKY_SLOPE = 0.01
 _PRELU_INIT = 0.25
@@ -70,6 +79,23 @@ class MLPSpec:
     beta2: float = 0.999  # Adam's second-moment decay (adam, adamw, nadam)
     lr_schedule: LRSchedule = "constant"
     label_smoothing: float = 0.0  # classification only
+    # RealMLP's and TabM's ingredients (hpo.models.embeddings, hpo.models.tabm); the
+    # defaults are the plain MLP, and what a stored trial without them meant. The periodic
+    # settings default to RealMLP-TD's (16 frequencies, sigma 0.1, 3 learned values).
+    numeric_embedding: NumericEmbedding = "none"
+    n_frequencies: int = 16
+    frequency_scale: float = 0.1
+    periodic_width: int = 3
+    feature_scale: bool = False
+    heads: int = 1  # k members of a TabM-mini network; 1 is the plain MLP
+
+    def __post_init__(self) -> None:
+        # A spec also comes from a bundle's manifest, which the search space never checked.
+        if self.numeric_embedding not in ("none", "periodic"):
+            raise ValueError(f"unknown numeric_embedding {self.numeric_embedding!r}")
+        for name in ("n_frequencies", "periodic_width", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @classmethod
     def from_params(
@@ -91,6 +117,12 @@ class MLPSpec:
             beta2=float(params.get("beta2", 0.999)),
             lr_schedule=params.get("lr_schedule", "constant"),
             label_smoothing=float(params.get("label_smoothing", 0.0)),
+            numeric_embedding=params.get("numeric_embedding", "none"),
+            n_frequencies=int(params.get("n_frequencies", 16)),
+            frequency_scale=float(params.get("frequency_scale", 0.1)),
+            periodic_width=int(params.get("periodic_width", 3)),
+            feature_scale=bool(params.get("feature_scale", False)),
+            heads=int(params.get("heads", 1)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,46 +139,94 @@ class MLPSpec:
             + ("" if ly.normalization == "none" else f" {ly.normalization}")
             for ly in self.layers
         ]
-        if len(set(parts)) == 1:
-            return f"{len(parts)}x{parts[0]}"
-        return " | ".join(parts)
+        extras = [
+            f"periodic {self.n_frequencies}f" if self.numeric_embedding == "periodic" else "",
+            "scaled" if self.feature_scale else "",
+            f"k={self.heads}" if self.heads > 1 else "",
+        ]
+        body = f"{len(parts)}x{parts[0]}" if len(set(parts)) == 1 else " | ".join(parts)
+        return " ".join([body, *(e for e in extras if e)])
 
 
 class EmbeddingMLP(nn.Module):
-    """An MLP behind one embedding per high-cardinality category column.
+    """An MLP behind input layers: embeddings of the category codes, a periodic embedding
+    of the dense columns, a learnable feature scale (each optional, ``None`` when unused).
 
-    The input stays one float matrix: its last ``len(embedding_sizes)`` columns hold the
-    integer codes; each is looked up in its own table and the vectors join the dense columns.
+    The input stays one float matrix: its first ``n_dense`` columns are dense, the rest
+    hold the integer codes; each code is looked up in its own table and the vectors join
+    the dense columns (or their periodic embedding) before the scale and the MLP.
     """
 
-    def __init__(self, mlp: nn.Sequential, embedding_sizes: Sequence[int], dim: int) -> None:
+    def __init__(
+        self,
+        mlp: nn.Module,
+        n_dense: int,
+        embedding_sizes: Sequence[int] = (),
+        dim: int = 8,
+        periodic: PeriodicEmbedding | None = None,
+        scale: FeatureScale | None = None,
+    ) -> None:
         super().__init__()
-        self.n_codes = len(embedding_sizes)
+        self.n_dense = n_dense
         self.embeddings = nn.ModuleList(nn.Embedding(n, dim) for n in embedding_sizes)
+        self.periodic = periodic
+        self.scale = scale
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dense, codes = x[:, : -self.n_codes], x[:, -self.n_codes :].long()
+        dense, codes = x[:, : self.n_dense], x[:, self.n_dense :].long()
+        if self.periodic is not None:
+            dense = self.periodic(dense)
         vectors = [emb(codes[:, i]) for i, emb in enumerate(self.embeddings)]
-        return self.mlp(torch.cat([dense, *vectors], dim=1))
+        features = torch.cat([dense, *vectors], dim=1) if vectors else dense
+        if self.scale is not None:
+            features = self.scale(features)
+        return self.mlp(features)
 
 
 def build_mlp(
     spec: MLPSpec, n_inputs: int, n_outputs: int, embedding_sizes: Sequence[int] = ()
 ) -> nn.Module:
-    """A flat ``nn.Sequential``: per hidden layer Linear, [norm], activation, [norm], dropout.
+    """The network of a spec, for ``n_inputs`` columns of which the last
+    ``len(embedding_sizes)`` hold category codes (rows per embedding table).
 
-    With ``embedding_sizes`` (rows per category embedding, one per code column at the end of
-    the ``n_inputs`` columns), it is wrapped in an :class:`EmbeddingMLP`.
+    The plain MLP is a flat ``nn.Sequential`` (per hidden layer Linear, [norm], activation,
+    [norm], dropout; then the output layer); with ``heads`` > 1 it is a :class:`TabMMini`
+    of that many members, output ``(rows, heads, n_outputs)``. With category codes, a
+    periodic embedding or a feature scale, it is wrapped in an :class:`EmbeddingMLP`. Built
+    from the same spec, the same modules and state-dict keys, so stored weights load.
     """
-    if embedding_sizes:
-        width = n_inputs - len(embedding_sizes) + len(embedding_sizes) * spec.embedding_dim
-        mlp = _build_sequential(spec, width, n_outputs)
-        return EmbeddingMLP(mlp, embedding_sizes, spec.embedding_dim)
-    return _build_sequential(spec, n_inputs, n_outputs)
+    n_dense = n_inputs - len(embedding_sizes)
+    periodic = None
+    chunks = [1] * n_dense  # input columns per feature: TabM's adapter draws per feature
+    if spec.numeric_embedding == "periodic":
+        periodic = PeriodicEmbedding(
+            n_dense, spec.n_frequencies, spec.frequency_scale, spec.periodic_width
+        )
+        chunks = [periodic.width_per_column] * n_dense
+    chunks += [spec.embedding_dim] * len(embedding_sizes)
+    width = sum(chunks)
+    scale = FeatureScale(width) if spec.feature_scale else None
+    hidden, last = _hidden_layers(spec, width)
+    heads = [_output_layer(spec, last, n_outputs) for _ in range(spec.heads)]
+    mlp: nn.Module
+    if spec.heads == 1:
+        mlp = nn.Sequential(*hidden, *heads)
+    else:
+        embedded = periodic is not None or bool(embedding_sizes)
+        mlp = TabMMini(nn.Sequential(*hidden), heads, chunks, random_signs=not embedded)
+    if periodic is None and scale is None and not embedding_sizes:
+        return mlp
+    return EmbeddingMLP(mlp, n_dense, embedding_sizes, spec.embedding_dim, periodic, scale)
 
 
-def _build_sequential(spec: MLPSpec, n_inputs: int, n_outputs: int) -> nn.Sequential:
+def heads_of(model: nn.Module) -> int:
+    """k of a network from :func:`build_mlp`: its TabM-mini members, else 1."""
+    return next((m.k for m in model.modules() if isinstance(m, TabMMini)), 1)
+
+
+def _hidden_layers(spec: MLPSpec, n_inputs: int) -> tuple[list[nn.Module], int]:
+    """The hidden layers' modules in order, and the width they end with."""
     modules: list[nn.Module] = []
     width_in = n_inputs
     for layer in spec.layers:
@@ -164,10 +244,13 @@ def _build_sequential(spec: MLPSpec, n_inputs: int, n_outputs: int) -> nn.Sequen
         if spec.dropout > 0:
             modules.append(nn.Dropout(spec.dropout))
         width_in = layer.width
-    head = nn.Linear(width_in, n_outputs)
+    return modules, width_in
+
+
+def _output_layer(spec: MLPSpec, n_inputs: int, n_outputs: int) -> nn.Linear:
+    head = nn.Linear(n_inputs, n_outputs)
     init_linear(head, spec.layers[-1].initializer if spec.layers else "default", "linear")
-    modules.append(head)
-    return nn.Sequential(*modules)
+    return head
 
 
 def _make_norm(normalization: Normalization, width: int) -> nn.Module | None:

@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from hpo.data.dataset import Dataset
 from hpo.models.metrics import MetricName, default_metric, recorded_metrics, scores
-from hpo.models.mlp import MLPSpec, build_mlp
+from hpo.models.mlp import MLPSpec, build_mlp, heads_of
 from hpo.spec import LRSchedule
 
 EVAL_CHUNK = 16384  # rows per forward pass at evaluation; bounds memory on big splits
@@ -175,30 +175,67 @@ def make_schedule(
     return None, None
 
 
+def mean_of_head_losses(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of a k-head network (outputs ``(rows, k, outputs)``): the mean of its k
+    losses, each head trained on its own (TabM), never the loss of the mean prediction.
+    Each head's outputs become rows of their own, so any mean-reduced loss applies."""
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if out.ndim == 3:
+            out, y = out.flatten(0, 1), y.repeat_interleave(out.shape[1], dim=0)
+        return loss_fn(out, y)
+
+    return loss
+
+
+def mean_of_heads(task: str, out: torch.Tensor) -> torch.Tensor:
+    """Outputs of the heads' mean prediction, as one head would give them: the log of the
+    mean probabilities for classes (softmax leaves them as they are), the logit of the mean
+    probability for binary, the mean value for regression. One head's pass through."""
+    if out.ndim == 2:
+        return out
+    log_k = math.log(out.shape[1])
+    if task == "multiclass":
+        return torch.logsumexp(torch.log_softmax(out, dim=-1), dim=1) - log_k
+    if task == "binary":
+        log_p = torch.logsumexp(nn.functional.logsigmoid(out), dim=1) - log_k
+        log_not_p = torch.logsumexp(nn.functional.logsigmoid(-out), dim=1) - log_k
+        return log_p - log_not_p
+    return out.mean(dim=1)
+
+
 @torch.no_grad()
 def predict_raw(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Network outputs (logits, or standardized regression values) in eval mode."""
+    """Network outputs (logits, or standardized regression values) in eval mode; a k-head
+    network's are ``(rows, k, outputs)``."""
     model.eval()
-    return torch.cat([model(x[i : i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
+    chunk = max(1, EVAL_CHUNK // heads_of(model))  # k heads run k rows per input row
+    return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def _validation_loss(task: str, out: torch.Tensor, y: torch.Tensor, y_std: float) -> torch.Tensor:
     """The study's objective as a device tensor, so the caller syncs once: the training loss
     for classes (log loss), RMSE in target units for regression (a monotone function of the
-    standardized MSE it trains on, on the GBM study's scale)."""
-    loss = loss_function(task)(out, y)
+    standardized MSE it trains on, on the GBM study's scale). Of the heads' mean prediction,
+    the one that is scored and predicted."""
+    loss = loss_function(task)(mean_of_heads(task, out), y)
     return loss.sqrt() * y_std if task == "regression" else loss
 
 
 def to_prediction(task: str, out: torch.Tensor, y_mean: float, y_std: float) -> np.ndarray:
-    """Network outputs as members predict: class probabilities, or target-unit values."""
+    """Network outputs as members predict: class probabilities, or target-unit values; of a
+    k-head network, the mean of its heads' probabilities or values (k=1: exactly one's)."""
     out = out.detach().double().cpu()
+    if out.ndim == 2:
+        out = out.unsqueeze(1)  # one head
     if task == "multiclass":
-        return torch.softmax(out, dim=1).numpy()
+        return torch.softmax(out, dim=-1).mean(dim=1).numpy()
     if task == "binary":
-        p = torch.sigmoid(out[:, 0]).numpy()
+        p = torch.sigmoid(out[..., 0]).mean(dim=1).numpy()
         return np.stack([1.0 - p, p], axis=1)
-    return out[:, 0].numpy() * y_std + y_mean
+    return out[..., 0].mean(dim=1).numpy() * y_std + y_mean
 
 
 def train_epoch(
@@ -257,7 +294,7 @@ def train_mlp(
     shuffle = torch.Generator(device=device).manual_seed(seed)
     model = build_mlp(spec, data.n_features, data.n_outputs, data.embedding_sizes).to(device)
     optimizer = make_optimizer(spec, model)
-    loss_fn = loss_function(data.task, spec.label_smoothing)
+    loss_fn = mean_of_head_losses(loss_function(data.task, spec.label_smoothing))
     steps = len(range(0, len(x) - 1, spec.batch_size))  # batches per epoch, as train_epoch
     per_batch, plateau = make_schedule(
         spec, optimizer, epochs=epochs, steps=steps, patience=patience

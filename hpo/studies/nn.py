@@ -13,6 +13,13 @@ from hpo.models.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
 from hpo.spec import StudySpec
 from hpo.storage import stored
 from hpo.storage.backend import save_trial_results
+from hpo.studies.defaults import (
+    BASELINE_NAME,
+    REALMLP_TD,
+    fit_to_space,
+    is_tabular,
+    realmlp_td_params,
+)
 from hpo.studies.parallel import INTERRUPTS
 from hpo.studies.search_space import suggest
 from hpo.studies.study import Baseline, Family, PrunerSteps, TrialObjective
@@ -33,7 +40,8 @@ class NNObjective(TrialObjective):
         def report(epoch: int, val_loss: float) -> None:
             INTERRUPTS.check()  # a Ctrl-C that Python dropped in a finalizer ends the trial here
             trial.report(val_loss, epoch)
-            if trial.should_prune():
+            # After the last epoch there is nothing left to save: the trial completes.
+            if epoch + 1 < self.spec.nn.epochs and trial.should_prune():
                 self._record_stop(
                     trial, epoch + 1, f"pruned by {self.spec.pruner} at epoch {epoch}"
                 )
@@ -89,7 +97,11 @@ class NNFamily(Family):
         return PrunerSteps(max_steps=spec.nn.epochs)
 
     def baselines(self, spec: StudySpec) -> list[Baseline]:
-        return [
+        named = []
+        if spec.nn.realmlp_baseline and is_tabular(spec.data):
+            params = fit_to_space(realmlp_td_params(spec.task), spec.nn.search_space)
+            named.append(Baseline(params, {BASELINE_NAME: REALMLP_TD}))
+        return named + [
             Baseline(
                 b.params(),
                 {stored.LAYERS: [layer.model_dump() for layer in b.layers]} if b.layers else {},
