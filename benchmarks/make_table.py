@@ -22,7 +22,9 @@ def trainer_throughput(r: dict[str, Any]) -> list[str]:
     lines = [
         f"**Trainer throughput** (`python benchmarks/trainer_throughput.py`; {r['model']}; "
         f"{r['rows_per_epoch']} rows of {r.get('data', 'Fashion-MNIST')} per epoch; "
-        f"measured fp32 matmul rate {r['matmul_gflops']} GFLOP/s; {r['device']}; plain: "
+        f"measured fp32 matmul rate {r['matmul_gflops']} GFLOP/s; {r['device']}; "
+        f"{r.get('threads', 'default')} thread(s); 1-min load average before and after "
+        f"{r.get('load_average_1min', '?')}; plain: "
         "`foreach=False, fused=False`, fast: what hpo uses, fused where PyTorch has it)",
         "",
         "| batch | plain epoch (s) | fast epoch (s) | fast speed-up | "

@@ -13,6 +13,7 @@ Fashion-MNIST files (``../shared/data``) it trains on random data of the same sh
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -143,6 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    load_before = os.getloadavg()[0]  # other processes on the machine slow every number here
     rows = 54000
     images, labels, source = fashion(rows)
     flops_epoch = train_flops_per_sample() * rows
@@ -175,6 +177,8 @@ def main() -> None:
             "matmul_gflops": round(peak, 1),
             "train_gflop_per_epoch": round(flops_epoch / 1e9, 2),
             "rows_per_epoch": rows,
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "threads": args.threads,
             "model": "784-256(elu,BN)-128(selu)-128(selu)-10, Adam",
             "rows": results,
         },
