@@ -101,10 +101,7 @@ def refit_bundle(
     target = encode_target(y, len(rows), m.task, m.classes)
     if len(rows) < 2:
         raise InputError("X needs at least 2 rows to train on")
-    try:
-        pre = bundle.preprocessor.refit(rows)
-    except ValueError as e:  # a degenerate column the fit cannot handle
-        raise InputError(f"cannot fit the preprocessing on X: {e}") from None
+    pre = bundle.preprocessor.refit(rows)
     views = pre.transform(rows)
     y_mean, y_std = 0.0, 1.0
     if m.task == "regression":
