@@ -134,8 +134,10 @@ def test_regression_refit_standardizes_the_target_as_the_study(diabetes: Exporte
 
 
 def test_bad_x_or_y_is_one_clear_input_error(digits: Exported) -> None:
-    model = clone(hpo.load_ensemble(digits.bundle))
+    loaded = hpo.load_ensemble(digits.bundle)
+    model = clone(loaded)
     x, y = digits.x[:100], digits.y[:100]
+    named = pd.DataFrame(x, columns=loaded.feature_names_in_)
     cases = [
         (x[:, :63], y, "X has 63 features, but this ensemble expects 64"),
         (x, np.full(100, 3), "y holds one class only (3): a classifier needs at least 2"),
@@ -143,6 +145,8 @@ def test_bad_x_or_y_is_one_clear_input_error(digits: Exported) -> None:
         (x, y[:99], "y must hold one value per row of X (100)"),
         (x, None, "fit needs both X and y"),
         (pd.DataFrame(x).add_prefix("c"), y, "the input has no column 'pixel_0_0'"),
+        (np.where(x == 0, np.nan, x), y, "X contains NaN or infinity"),
+        (named.mask(named == 0), y, "X contains NaN or infinity"),
     ]
     for bad_x, bad_y, message in cases:
         with pytest.raises(InputError) as e:

@@ -169,14 +169,17 @@ class Preprocessor:
 
         Raises:
             ValueError: no :class:`FitSettings` (a bundle older than refitting).
-            InputError: a cell of a numeric column is not a number.
+            InputError: a cell of a numeric column is not a number, or a missing value in
+                data that was all-numeric and complete (an array).
         """
         s = self.settings
         if s is None:
             raise ValueError("the preprocessing records no fit settings")
         if not s.table:
-            x = rows.to_numpy(np.float64) if isinstance(rows, pd.DataFrame) else rows
-            return Preprocessor.fit_array(np.asarray(x), self.feature_names, s.scaling)
+            x = self._numbers(rows) if isinstance(rows, pd.DataFrame) else np.asarray(rows)
+            if not np.isfinite(x).all():  # as in prediction: arrays of all-numeric data only
+                raise InputError("X contains NaN or infinity")
+            return Preprocessor.fit_array(x, self.feature_names, s.scaling)
         if isinstance(rows, np.ndarray):
             rows = pd.DataFrame(rows, columns=self.feature_names)
         df = rows.copy()
