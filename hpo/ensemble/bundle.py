@@ -45,7 +45,6 @@ from hpo.models.mlp import MLPSpec
 from hpo.spec import DataSpec, Limits, StudySpec, Task
 from hpo.storage import stored
 from hpo.storage.stored import StoredStudy
-from hpo.studies.gbm import xgb_params
 
 FORMAT = "hpo-ensemble"
 FORMAT_VERSION = 2  # 2: the fitted preprocessing (tables) replaced the scaler
@@ -359,6 +358,9 @@ def refit_recipe(
     rounds = attrs.get(stored.ROUNDS_USED)
     if rounds is None:
         return None
+    # Imported here: loading a bundle to predict needs none of the studies' machinery.
+    from hpo.studies.gbm import xgb_params
+
     booster = xgb_params(trial.params, data, seed=spec.seed, device="cpu", max_bin=spec.gbm.max_bin)
     booster.pop("device")  # chosen where it is refitted, like the thread count
     return {"seed": spec.seed, "rounds": int(rounds), "booster": booster}

@@ -24,7 +24,6 @@ from hpo.models.mlp import MLPSpec
 from hpo.models.refit import fit_booster, fit_mlp
 from hpo.models.threads import choose_threads, configure_threads
 from hpo.models.train import NonFiniteLoss
-from hpo.studies.gbm import xgb_device
 
 
 def check_refittable(bundle: LoadedBundle, path: str | Path) -> None:
@@ -151,6 +150,8 @@ def _refit_member(
             )
             return NNMember(record.trial, spec, model, task, y_mean, y_std)
         assert recipe.booster is not None and recipe.rounds is not None
+        from hpo.studies.gbm import xgb_device  # here: predicting needs no study machinery
+
         params = {**recipe.booster, "device": xgb_device(), "nthread": choose_threads(*x.shape)}
         booster = fit_booster(
             params, x, target, rounds=recipe.rounds, feature_types=pre.gbm_feature_types
