@@ -238,3 +238,21 @@ def test_refit_on_a_table_with_categories_and_missing_values(table: Path) -> Non
     assert scores.mean() > 0.7
     with pytest.raises(InputError, match=r"^column 'x': 'tall' is not a number$"):
         clone(model).fit(features.assign(x=["tall"] + [1.0] * 299), labels)
+
+
+def test_table_refit_on_the_studys_training_rows_reproduces_every_member(table: Path) -> None:
+    model = hpo.load_ensemble(table)
+    df = pd.read_csv(table.parent / "t.csv")
+    strata = df["label"].to_numpy()
+    rest, test = train_test_split(
+        np.arange(len(df)), test_size=0.2, random_state=0, stratify=strata
+    )
+    train, _ = train_test_split(rest, test_size=0.25, random_state=0, stratify=strata[rest])
+    features = df.drop(columns="label")
+    refit = clone(model).fit(features.iloc[train], df["label"].iloc[train])
+    assert refit.preprocessor_.to_dict() == model.preprocessor_.to_dict()
+    rows = features.iloc[test]
+    for trained, again in zip(
+        _member_predictions(model, rows), _member_predictions(refit, rows), strict=True
+    ):
+        np.testing.assert_array_equal(trained, again)
