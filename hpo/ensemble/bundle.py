@@ -2,7 +2,9 @@
 
 No pickle anywhere, so a bundle from a stranger cannot run code: NN members are
 safetensors (plus their MLP spec in the manifest), GBM members XGBoost UBJSON models, the
-rest JSON. The manifest holds the sha256 and byte size of every member file.
+rest JSON. The manifest holds the sha256 and byte size of every member file, and each
+member's refit recipe (seed, epochs or boosting rounds, booster parameters), so the
+exported estimator's ``fit(X, y)`` can train it again (:mod:`hpo.ensemble.refit`).
 
 Loading trusts nothing it has not checked: every file is a regular file of the bundle
 folder (no link, device or FIFO: see :mod:`hpo.ensemble.untrusted`) of the size the manifest
