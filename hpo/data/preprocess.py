@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,25 @@ class CategoryColumn:
 
 
 @dataclass(frozen=True)
+class FitSettings:
+    """How the preprocessing was fitted, besides the rows: enough to fit it again on new
+    rows (:meth:`Preprocessor.refit`, for an exported estimator's ``fit``)."""
+
+    table: bool  # fitted on a DataFrame (:meth:`Preprocessor.fit_frame`), else an array
+    scaling: Scaling
+    max_onehot: int  # tables: category columns with more levels get an embedding
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "scaling": self.scaling, "max_onehot": self.max_onehot}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FitSettings:
+        if d["scaling"] not in get_args(Scaling):
+            raise ValueError(f"unknown scaling {d['scaling']!r}")
+        return cls(bool(d["table"]), d["scaling"], int(d["max_onehot"]))
+
+
+@dataclass(frozen=True)
 class Preprocessor:
     """Raw features to the MLP's matrix and XGBoost's matrix; see the module docstring."""
 
@@ -76,6 +95,7 @@ class Preprocessor:
     scaler: Scaler  # over the imputed numeric columns
     ignored: list[str]  # target and dropped columns: silently ignored in prediction input
     read_options: dict[str, Any]  # the CSV dialect, so predict inputs read like the data
+    settings: FitSettings | None = None  # None: from a bundle older than refitting
 
     @classmethod
     def fit_array(cls, x: np.ndarray, names: list[str], scaling: Scaling) -> Preprocessor:
@@ -94,6 +114,7 @@ class Preprocessor:
             scaler=Scaler.fit(scaling, x.astype(np.float64)),
             ignored=[],
             read_options={},
+            settings=FitSettings(table=False, scaling=scaling, max_onehot=0),
         )
 
     @classmethod
@@ -135,6 +156,42 @@ class Preprocessor:
             scaler=Scaler.fit(scaling, imputed),
             ignored=ignored,
             read_options=read_options,
+            settings=FitSettings(table=True, scaling=scaling, max_onehot=max_onehot),
+        )
+
+    def refit(self, rows: pd.DataFrame | np.ndarray) -> Preprocessor:
+        """The same preprocessing fitted again on new raw rows (already checked by the caller:
+        a DataFrame of the training columns, or an all-numeric finite array).
+
+        Column kinds stay as fitted: a numeric column stays numeric (a text cell is an
+        error), a category column stays a category; levels, medians, missing indicators,
+        scaling and the one-hot or embedding choice are learned from ``rows``.
+
+        Raises:
+            ValueError: no :class:`FitSettings` (a bundle older than refitting).
+            InputError: a cell of a numeric column is not a number, or a missing value in
+                data that was all-numeric and complete (an array).
+        """
+        s = self.settings
+        if s is None:
+            raise ValueError("the preprocessing records no fit settings")
+        if not s.table:
+            x = self._numbers(rows) if isinstance(rows, pd.DataFrame) else np.asarray(rows)
+            if not np.isfinite(x).all():  # as in prediction: arrays of all-numeric data only
+                raise InputError("X contains NaN or infinity")
+            return Preprocessor.fit_array(x, self.feature_names, s.scaling)
+        if isinstance(rows, np.ndarray):
+            rows = pd.DataFrame(rows, columns=self.feature_names)
+        df = rows.copy()
+        if self.numeric:
+            df[self.numeric] = self._numbers(df)  # numbers (NaN for missing): kinds kept
+        return Preprocessor.fit_frame(
+            df,
+            categorical=[c.name for c in self.categorical],
+            max_onehot=s.max_onehot,
+            scaling=s.scaling,
+            ignored=self.ignored,
+            read_options=self.read_options,
         )
 
     # --- shapes -----------------------------------------------------------------------
@@ -258,6 +315,7 @@ class Preprocessor:
             "scaler": self.scaler.to_dict(),
             "ignored": self.ignored,
             "read_options": self.read_options,
+            **({"settings": self.settings.to_dict()} if self.settings else {}),
         }
 
     @classmethod
@@ -279,6 +337,7 @@ class Preprocessor:
             scaler=Scaler.from_dict(d["scaler"]),
             ignored=[str(n) for n in d.get("ignored", [])],
             read_options=dict(d.get("read_options", {})),
+            settings=FitSettings.from_dict(d["settings"]) if d.get("settings") else None,
         )
         n = len(pre.numeric)
         if len(pre.medians) != n or len(pre.scaler.offset) != n or len(pre.scaler.scale) != n:

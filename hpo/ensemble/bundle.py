@@ -2,7 +2,9 @@
 
 No pickle anywhere, so a bundle from a stranger cannot run code: NN members are
 safetensors (plus their MLP spec in the manifest), GBM members XGBoost UBJSON models, the
-rest JSON. The manifest holds the sha256 and byte size of every member file.
+rest JSON. The manifest holds the sha256 and byte size of every member file, and each
+member's refit recipe (seed, epochs or boosting rounds, booster parameters), so the
+exported estimator's ``fit(X, y)`` can train it again (:mod:`hpo.ensemble.refit`).
 
 Loading trusts nothing it has not checked: every file is a regular file of the bundle
 folder (no link, device or FIFO: see :mod:`hpo.ensemble.untrusted`) of the size the manifest
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import optuna
 import safetensors
 import safetensors.torch
 import xgboost as xgb
@@ -41,7 +44,8 @@ from hpo.errors import HpoError
 from hpo.models.members import MODEL_ERRORS, GBMMember, Member, NNMember, n_outputs, state_shapes
 from hpo.models.metrics import MetricName
 from hpo.models.mlp import MLPSpec
-from hpo.spec import DataSpec, Task
+from hpo.spec import DataSpec, Limits, StudySpec, Task
+from hpo.storage import stored
 from hpo.storage.stored import StoredStudy
 
 FORMAT = "hpo-ensemble"
@@ -85,6 +89,17 @@ class MemberMetrics(_Strict):
     test_metric: float
 
 
+class RefitRecipe(_Strict):
+    """What it takes to train a member again on new rows (:mod:`hpo.models.refit`):
+    the seed, and an MLP's epoch count (its trial's best epoch + 1) or a booster's
+    parameters and the boosting rounds its trial kept (best iteration + 1)."""
+
+    seed: int
+    epochs: int | None = Field(default=None, ge=1, le=Limits().epochs)
+    rounds: int | None = Field(default=None, ge=1, le=Limits().n_estimators)
+    booster: dict[str, Any] | None = None  # xgb_params, without device and threads
+
+
 class ManifestMember(_Strict):
     kind: Literal["nn", "gbm"]
     trial: int = Field(ge=0)
@@ -93,9 +108,15 @@ class ManifestMember(_Strict):
     params: dict[str, Any]
     metrics: MemberMetrics
     mlp_spec: dict[str, Any] | None = None
+    refit: RefitRecipe | None = None  # None: exported before refitting (cannot be refitted)
 
     @model_validator(mode="after")
     def _check_spec(self) -> ManifestMember:
+        r = self.refit
+        if r is not None and self.kind == "nn" and r.epochs is None:
+            raise ValueError("the refit recipe of an nn member needs epochs")
+        if r is not None and self.kind == "gbm" and (r.rounds is None or r.booster is None):
+            raise ValueError("the refit recipe of a gbm member needs rounds and booster")
         if self.kind == "nn":
             if self.mlp_spec is None:
                 raise ValueError("an nn member needs its mlp_spec")
@@ -246,7 +267,9 @@ def export_stored(
 
         extra = onnx_files(report, found.data, fmt)
     target = target_name(found.spec.data)
-    return export_bundle(report, found.data, out, force=force, target=target, extra_files=extra)
+    return export_bundle(
+        report, found.data, out, force=force, target=target, extra_files=extra, spec=found.spec
+    )
 
 
 def export_bundle(
@@ -257,8 +280,12 @@ def export_bundle(
     force: bool = False,
     target: str | None = None,
     extra_files: dict[str, bytes] | None = None,
+    spec: StudySpec | None = None,
 ) -> Manifest:
     """Write the report's ensemble (its own method) to ``out``; members of weight 0 are left out.
+
+    With the study's ``spec``, each member records its refit recipe (seed, epochs or rounds,
+    booster parameters), so the exported estimator's ``fit(X, y)`` can train it again.
 
     The bundle is written into a temporary folder beside ``out`` and renamed when complete,
     so a failed export leaves nothing behind.
@@ -290,6 +317,7 @@ def export_bundle(
                     "test_metric": row.test_metric,
                 },
                 "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
+                "refit": None if spec is None else refit_recipe(member.kind, trial, spec, data),
             }
         )
     files.update(extra_files or {})  # model.onnx (ensemble.onnx_export): checked like the others
@@ -318,6 +346,26 @@ def export_bundle(
     files[MANIFEST] = (json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n").encode()
     _write_dir(out, files)
     return manifest
+
+
+def refit_recipe(
+    kind: str, trial: optuna.trial.FrozenTrial, spec: StudySpec, data: Dataset
+) -> dict[str, Any] | None:
+    """How to train ``trial``'s member again (see :class:`RefitRecipe`); None when the trial
+    does not record its best epoch or kept rounds (a study older than refitting)."""
+    attrs = trial.user_attrs
+    if kind == "nn":
+        best = attrs.get("best_epoch")
+        return None if best is None else {"seed": spec.seed, "epochs": int(best) + 1}
+    rounds = attrs.get(stored.ROUNDS_USED)
+    if rounds is None:
+        return None
+    # Imported here: loading a bundle to predict needs none of the studies' machinery.
+    from hpo.studies.gbm import xgb_params
+
+    booster = xgb_params(trial.params, data, seed=spec.seed, device="cpu", max_bin=spec.gbm.max_bin)
+    booster.pop("device")  # chosen where it is refitted, like the thread count
+    return {"seed": spec.seed, "rounds": int(rounds), "booster": booster}
 
 
 def _write_dir(out: Path, files: dict[str, bytes]) -> None:

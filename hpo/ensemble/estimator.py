@@ -11,8 +11,16 @@ matched to the training columns by name, like scikit-learn's ``feature_names_in_
 columns are ignored with a warning, a missing one is an error. A numpy array is taken
 positionally, for all-numeric data only, and must hold no NaN or infinity.
 
-The estimator follows scikit-learn's conventions: ``__init__`` only stores the bundle path;
-``fit`` loads the (already trained) bundle; fitted state ends in ``_``.
+The estimator follows scikit-learn's conventions: ``__init__`` only stores the bundle path,
+fitted state ends in ``_``, and ``clone`` gives an unfitted estimator of the same path.
+
+- ``load_ensemble(path)`` and ``fit()`` (no ``X``) give the trained ensemble, as exported.
+- ``fit(X, y)`` trains it again on ``X`` and ``y``: the preprocessing is fitted on ``X``,
+  and every member is trained with its hyperparameters for the epochs (MLP) or boosting
+  rounds (XGBoost) its trial found best, with the ensemble's weights kept (see
+  :mod:`hpo.ensemble.refit`). So ``cross_val_score(model, X, y)`` scores members on rows
+  they never saw, as it does any scikit-learn estimator. A bundle exported before hpo
+  recorded training recipes cannot be refitted: re-export it.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from hpo.data.preprocess import Preprocessor
 from hpo.ensemble.bundle import LoadedBundle, load_bundle
+from hpo.ensemble.refit import check_refittable, refit_bundle
 from hpo.ensemble.untrusted import numeric_array
 from hpo.errors import InputError
 from hpo.models.members import Member, combine
@@ -44,12 +54,22 @@ class _BundleEstimator(BaseEstimator):
         self.path = path
 
     def fit(self, X: Any = None, y: Any = None) -> Self:
-        """Load the bundle at ``path``; ``X`` and ``y`` are ignored (the members are trained).
+        """Without ``X``: load the trained bundle at ``path``. With ``X`` and ``y``: train
+        its members again on them (see the module docstring).
 
         Raises:
-            HpoError: the bundle is missing, changed, malformed or of an unknown version.
+            HpoError: the bundle is missing, changed, malformed, of an unknown version, or
+                (with ``X``) exported without a training recipe.
+            InputError: bad ``X`` or ``y`` (missing columns, one class, NaN target...).
         """
-        return self._set_bundle(load_bundle(self.path))
+        bundle = load_bundle(self.path)
+        if X is None and y is None:
+            return self._set_bundle(bundle)
+        if X is None or y is None:
+            raise InputError("fit needs both X and y (or neither, to load the trained bundle)")
+        check_refittable(bundle, self.path)
+        rows = self._checked_rows(X, bundle.preprocessor)
+        return self._set_bundle(refit_bundle(bundle, rows, y, self.path))
 
     def _set_bundle(self, bundle: LoadedBundle) -> Self:
         m = bundle.manifest
@@ -66,10 +86,7 @@ class _BundleEstimator(BaseEstimator):
     def _combined(self, X: Any) -> np.ndarray:
         """Checked once, then predicted in blocks of ``block_rows_`` rows."""
         check_is_fitted(self, "members_")
-        if isinstance(X, pd.DataFrame):
-            rows: pd.DataFrame | np.ndarray = self.preprocessor_.select_columns(X)
-        else:
-            rows = self._check_input(X)
+        rows = self._checked_rows(X, self.preprocessor_)
         step = self.block_rows_
         if len(rows) <= step:
             return self._predict_block(rows)
@@ -81,15 +98,21 @@ class _BundleEstimator(BaseEstimator):
         views = self.preprocessor_.transform(rows)
         return combine([m.predict(views[m.kind]) for m in self.members_], self.weights_)
 
-    def _check_input(self, X: Any) -> np.ndarray:
-        pre = self.preprocessor_
+    def _checked_rows(self, X: Any, pre: Preprocessor) -> pd.DataFrame | np.ndarray:
+        """A DataFrame's training columns by name, or a checked numeric array."""
+        if isinstance(X, pd.DataFrame):
+            return pre.select_columns(X)
+        return self._check_input(X, pre)
+
+    def _check_input(self, X: Any, pre: Preprocessor) -> np.ndarray:
+        n = len(pre.feature_names)
         x = numeric_array(X, pre.feature_names, categorical=bool(pre.categorical), dtype=np.float64)
         if x.ndim != 2:
             raise InputError(f"X must be 2-D (n_samples, n_features), got shape {x.shape}")
-        if x.shape[1] != self.n_features_in_:
-            names = list(self.feature_names_in_)
+        if x.shape[1] != n:
+            names = pre.feature_names
             raise InputError(
-                f"X has {x.shape[1]} features, but this ensemble expects {self.n_features_in_} "
+                f"X has {x.shape[1]} features, but this ensemble expects {n} "
                 f"({names[0]} ... {names[-1]})"
             )
         if not np.isfinite(x).all():

@@ -1,0 +1,91 @@
+"""Train a member again from its recorded hyperparameters, on given arrays.
+
+No validation split, no early stopping, no Optuna: an MLP trains for the epoch count its
+trial found best, a booster for the rounds its trial kept. An exported estimator's
+``fit(X, y)`` (so that ``clone`` plus ``fit`` in cross-validation is honest) and k-fold
+bagging both train members this way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xgboost as xgb
+from torch import nn
+
+from hpo.models.members import n_outputs
+from hpo.models.mlp import MLPSpec, build_mlp
+from hpo.models.train import (
+    NonFiniteLoss,
+    loss_function,
+    make_optimizer,
+    pick_device,
+    train_epoch,
+)
+from hpo.spec import Task
+
+
+def fit_mlp(
+    spec: MLPSpec,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: Task,
+    n_classes: int,
+    epochs: int,
+    seed: int,
+    embedding_sizes: Sequence[int] = (),
+    device: str | None = None,
+) -> nn.Module:
+    """The network of ``spec`` trained ``epochs`` epochs on all of ``x``; on the CPU, in eval mode.
+
+    ``y`` is the class index (multiclass), 0/1 (binary) or the standardized target
+    (regression), as :meth:`hpo.data.dataset.Dataset.tensors` feeds the study's trainer.
+    The same seed gives the same initial weights, dropout masks and batch order as there.
+
+    Raises:
+        NonFiniteLoss: the training loss stopped being finite.
+    """
+    device = device or pick_device()
+    xt = torch.as_tensor(x, dtype=torch.float32).to(device)
+    yt = torch.as_tensor(y, dtype=torch.int64 if task == "multiclass" else torch.float32)
+    yt = yt.to(device)
+    torch.manual_seed(seed)  # weights and dropout masks
+    shuffle = torch.Generator(device=device).manual_seed(seed)
+    model = build_mlp(spec, x.shape[1], n_outputs(task, n_classes), embedding_sizes).to(device)
+    optimizer = make_optimizer(spec, model)
+    loss_fn = loss_function(task)
+    losses = [
+        train_epoch(model, optimizer, loss_fn, xt, yt, spec.batch_size, shuffle)
+        for _ in range(epochs)
+    ]
+    history = torch.stack(losses).tolist()  # one sync, at the end
+    for epoch, loss in enumerate(history):
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(epoch, loss, math.nan)
+    return model.cpu().eval()
+
+
+def fit_booster(
+    params: dict[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    rounds: int,
+    feature_types: list[str] | None = None,
+) -> xgb.Booster:
+    """A booster of ``params`` (:func:`hpo.studies.gbm.xgb_params`) boosted ``rounds`` rounds
+    on all of ``x`` (XGBoost's view: NaN and native categories where ``feature_types`` says).
+    """
+    train = xgb.QuantileDMatrix(
+        x,
+        y,
+        max_bin=params.get("max_bin", 256),  # binned as the study binned it
+        feature_types=feature_types,
+        enable_categorical=feature_types is not None,
+    )
+    return xgb.train(params, train, num_boost_round=rounds, verbose_eval=False)
