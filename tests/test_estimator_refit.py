@@ -38,8 +38,13 @@ class Exported:
     test: np.ndarray  # its held-out test rows
 
 
-def _export(root: Path, name: str, task: str) -> Exported:
+def _export(
+    root: Path, name: str, task: str, space: dict[str, Any] | None = None, **nn: Any
+) -> Exported:
     spec = {**TINY_SPEC, "task": task, "data": {**TINY_SPEC["data"], "name": name}}
+    if space or nn:
+        tiny = TINY_SPEC["nn"]
+        spec["nn"] = {**tiny, **nn, "search_space": {**tiny["search_space"], **(space or {})}}
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     bundle = tune_and_export(root / "spec.yaml", "tiny", root)
     x, y = getattr(sklearn.datasets, f"load_{name}")(return_X_y=True)
@@ -76,6 +81,27 @@ def test_refit_on_the_studys_training_rows_reproduces_every_member(digits: Expor
     ):
         np.testing.assert_array_equal(trained, again)
     np.testing.assert_array_equal(refit.weights_, model.weights_)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_refit_replays_the_schedule_smoothing_and_heads_of_each_member(
+    schedule: str, tmp_path: Path
+) -> None:
+    """A cosine runs over the study's epochs, not the shorter refit; a plateau schedule's
+    rates are replayed; label smoothing and k heads train as in the trial."""
+    space = {"lr_schedule": schedule, "label_smoothing": 0.1, "heads": 2, "optimizer": "adamw"}
+    # Many epochs and little patience: early stopping ends trials before the schedule does.
+    exported = _export(tmp_path, "digits", "multiclass", space, epochs=40, patience=2)
+    model = hpo.load_ensemble(exported.bundle)
+    recipes = [m.refit for m in model.manifest_.members if m.kind == "nn"]
+    assert any(r is not None and r.epochs is not None and r.epochs < 40 for r in recipes)
+    refit = clone(model).fit(exported.x[exported.train], exported.y[exported.train])
+    rows = exported.x[exported.test]
+    nn = [i for i, m in enumerate(model.members_) if m.kind == "nn"]
+    assert nn
+    trained, again = _member_predictions(model, rows), _member_predictions(refit, rows)
+    for i in nn:
+        np.testing.assert_allclose(trained[i], again[i], rtol=0, atol=1e-6)
 
 
 def test_refit_on_other_rows_trains_other_members(digits: Exported) -> None:

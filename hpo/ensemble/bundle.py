@@ -98,6 +98,10 @@ class RefitRecipe(_Strict):
     epochs: int | None = Field(default=None, ge=1, le=Limits().epochs)
     rounds: int | None = Field(default=None, ge=1, le=Limits().n_estimators)
     booster: dict[str, Any] | None = None  # xgb_params, without device and threads
+    # An MLP's learning-rate schedule: the length a cosine runs over (the study's nn.epochs),
+    # and the rate per epoch that a plateau schedule took (it needs a validation loss).
+    schedule_epochs: int | None = Field(default=None, ge=1, le=Limits().epochs)
+    learning_rates: list[float] | None = Field(default=None, max_length=Limits().epochs)
 
 
 class ManifestMember(_Strict):
@@ -356,7 +360,14 @@ def refit_recipe(
     attrs = trial.user_attrs
     if kind == "nn":
         best = attrs.get("best_epoch")
-        return None if best is None else {"seed": spec.seed, "epochs": int(best) + 1}
+        if best is None:
+            return None
+        return {
+            "seed": spec.seed,
+            "epochs": int(best) + 1,
+            "schedule_epochs": spec.nn.epochs,
+            "learning_rates": attrs.get(stored.LEARNING_RATES),
+        }
     rounds = attrs.get(stored.ROUNDS_USED)
     if rounds is None:
         return None

@@ -147,6 +147,8 @@ def _refit_member(
                 epochs=recipe.epochs,
                 seed=recipe.seed,
                 embedding_sizes=pre.embedding_sizes,
+                schedule_epochs=recipe.schedule_epochs,
+                learning_rates=recipe.learning_rates,
             )
             return NNMember(record.trial, spec, model, task, y_mean, y_std)
         assert recipe.booster is not None and recipe.rounds is not None

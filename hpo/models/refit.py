@@ -23,6 +23,8 @@ from hpo.models.train import (
     NonFiniteLoss,
     loss_function,
     make_optimizer,
+    make_schedule,
+    mean_of_head_losses,
     pick_device,
     train_epoch,
 )
@@ -40,12 +42,17 @@ def fit_mlp(
     seed: int,
     embedding_sizes: Sequence[int] = (),
     device: str | None = None,
+    schedule_epochs: int | None = None,
+    learning_rates: Sequence[float] | None = None,
 ) -> nn.Module:
     """The network of ``spec`` trained ``epochs`` epochs on all of ``x``; on the CPU, in eval mode.
 
     ``y`` is the class index (multiclass), 0/1 (binary) or the standardized target
     (regression), as :meth:`hpo.data.dataset.Dataset.tensors` feeds the study's trainer.
     The same seed gives the same initial weights, dropout masks and batch order as there.
+    A cosine or flat_cosine schedule runs over ``schedule_epochs`` (the study's ``nn.epochs``,
+    as in the trial, where early stopping cut it short); a plateau schedule, which needs a
+    validation loss, replays the trial's ``learning_rates`` (one per epoch).
 
     Raises:
         NonFiniteLoss: the training loss stopped being finite.
@@ -58,11 +65,19 @@ def fit_mlp(
     shuffle = torch.Generator(device=device).manual_seed(seed)
     model = build_mlp(spec, x.shape[1], n_outputs(task, n_classes), embedding_sizes).to(device)
     optimizer = make_optimizer(spec, model)
-    loss_fn = loss_function(task)
-    losses = [
-        train_epoch(model, optimizer, loss_fn, xt, yt, spec.batch_size, shuffle)
-        for _ in range(epochs)
-    ]
+    loss_fn = mean_of_head_losses(loss_function(task, spec.label_smoothing))
+    steps = len(range(0, len(x) - 1, spec.batch_size))  # batches per epoch, as train_epoch
+    per_batch, _ = make_schedule(
+        spec, optimizer, epochs=schedule_epochs or epochs, steps=steps, patience=1
+    )
+    losses = []
+    for epoch in range(epochs):
+        if learning_rates and spec.lr_schedule == "plateau":
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rates[min(epoch, len(learning_rates) - 1)]
+        losses.append(
+            train_epoch(model, optimizer, loss_fn, xt, yt, spec.batch_size, shuffle, per_batch)
+        )
     history = torch.stack(losses).tolist()  # one sync, at the end
     for epoch, loss in enumerate(history):
         if not math.isfinite(loss):

@@ -59,6 +59,7 @@ DEVICE = "device"
 PRUNED_REASON = "pruned_reason"
 EPOCHS_RUN = "epochs_run"
 TRAIN_SECONDS = "train_seconds"
+LEARNING_RATES = "learning_rates"  # NN with a plateau schedule: the rate of each epoch
 ROUNDS_USED = "n_estimators_used"  # GBM: boosting rounds kept (up to the best one)
 # Every metric a trial may record (hpo.models.metrics.recorded_metrics), val then test.
 METRIC_KEYS = tuple(

@@ -78,6 +78,12 @@ class NNObjective(TrialObjective):
             stored.TRAIN_SECONDS: round(result.seconds, 3),
             stored.DEVICE: result.device,
             stored.MLP_SPEC: mlp.to_dict(),
+            # A refit replays a plateau schedule's rates: it has no validation loss to react to.
+            **(
+                {stored.LEARNING_RATES: result.learning_rates[: result.best_epoch + 1]}
+                if mlp.lr_schedule == "plateau"
+                else {}
+            ),
             stored.ARTIFACT_FORMAT: "safetensors",
         }
         # safetensors, as in a bundle: loading it runs no pickle (old studies hold .pt files).
