@@ -1,5 +1,10 @@
 """The exported ensemble: a directory with ``manifest.json`` and one file per member.
 
+A k-fold member (``data.validation: {kfold: K}``) is written as its K fold models, each a
+manifest member of its own with the member's weight divided by K and its ``fold`` number:
+the weighted sum that every reader already computes is then the average of the fold
+models, so loading, ``hpo predict``, the estimator and the ONNX graph need nothing new.
+
 No pickle anywhere, so a bundle from a stranger cannot run code: NN members are
 safetensors (plus their MLP spec in the manifest), GBM members XGBoost UBJSON models, the
 rest JSON. The manifest holds the sha256 and byte size of every member file.
@@ -35,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hpo import __version__
 from hpo.data.dataset import Dataset
 from hpo.data.preprocess import Preprocessor
-from hpo.ensemble.selection import EnsembleReport
+from hpo.ensemble.selection import EnsembleReport, fold_models
 from hpo.ensemble.untrusted import load_json, read_regular_file
 from hpo.errors import HpoError
 from hpo.models.members import MODEL_ERRORS, GBMMember, Member, NNMember, n_outputs, state_shapes
@@ -93,6 +98,8 @@ class ManifestMember(_Strict):
     params: dict[str, Any]
     metrics: MemberMetrics
     mlp_spec: dict[str, Any] | None = None
+    # Of a k-fold trial: which fold model this is (weight: the trial's share / K).
+    fold: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _check_spec(self) -> ManifestMember:
@@ -192,11 +199,12 @@ def _sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _member_file(member: Member) -> tuple[str, bytes]:
+def _member_file(member: Member, fold: int | None = None) -> tuple[str, bytes]:
+    stem = f"{member.kind}-{member.trial}" + ("" if fold is None else f"-fold{fold}")
     if isinstance(member, NNMember):
-        return f"nn-{member.trial}.safetensors", safetensors.torch.save(member.state_dict())
+        return f"{stem}.safetensors", safetensors.torch.save(member.state_dict())
     assert isinstance(member, GBMMember)
-    return f"gbm-{member.trial}.ubj", member.to_bytes()
+    return f"{stem}.ubj", member.to_bytes()
 
 
 def check_out_dir(out: Path, *, force: bool) -> None:
@@ -274,24 +282,26 @@ def export_bundle(
     for member, trial, weight in zip(report.members, report.trials, weights, strict=True):
         if weight <= 0:
             continue
-        name, raw = _member_file(member)
-        files[name] = raw
         row = rows[f"{member.kind}#{member.trial}"]
-        members.append(
-            {
-                "kind": member.kind,
-                "trial": member.trial,
-                "file": name,
-                "weight": float(weight),
-                "params": trial.params,
-                "metrics": {
-                    "val_loss": row.val_loss,
-                    "val_metric": row.val_metric,
-                    "test_metric": row.test_metric,
-                },
-                "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
-            }
-        )
+        for model, share, fold in fold_models(member, float(weight)):
+            name, raw = _member_file(model, fold)
+            files[name] = raw
+            members.append(
+                {
+                    "kind": model.kind,
+                    "trial": model.trial,
+                    "file": name,
+                    "weight": share,
+                    "params": trial.params,
+                    "metrics": {
+                        "val_loss": row.val_loss,
+                        "val_metric": row.val_metric,
+                        "test_metric": row.test_metric,
+                    },
+                    "mlp_spec": model.mlp_spec.to_dict() if isinstance(model, NNMember) else None,
+                    **({} if fold is None else {"fold": fold}),
+                }
+            )
     files.update(extra_files or {})  # model.onnx (ensemble.onnx_export): checked like the others
     manifest = Manifest.model_validate(
         {
@@ -315,7 +325,11 @@ def export_bundle(
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     )
-    files[MANIFEST] = (json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n").encode()
+    written = manifest.model_dump(mode="json")
+    for member in written["members"]:
+        if member["fold"] is None:
+            del member["fold"]  # a holdout bundle's manifest stays as earlier hpo wrote it
+    files[MANIFEST] = (json.dumps(written, indent=2) + "\n").encode()
     _write_dir(out, files)
     return manifest
 
