@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import sklearn.datasets
 from helpers import tune_and_export
@@ -198,7 +199,7 @@ def test_a_member_predicts_the_average_of_its_fold_models(tuned: Tuned) -> None:
 
 
 def test_the_bundle_holds_every_fold_model_and_predicts_their_average(
-    write_spec, workdir: Path
+    write_spec, workdir: Path, cli
 ) -> None:
     spec_path = write_spec({**KFOLD, "ensemble": {**KFOLD["ensemble"], "method": "average"}})
     bundle = tune_and_export(spec_path, "iris", workdir)
@@ -227,6 +228,13 @@ def test_the_bundle_holds_every_fold_model_and_predicts_their_average(
     want = report.ensemble("average").predict({"nn": data.test.x, "gbm": data.test.x})
     assert np.allclose(got, want, atol=1e-6)
     assert np.array_equal(y[test_rows], data.test.y)
+    # `hpo predict` from the bundle alone gives the same classes.
+    names = sklearn.datasets.load_iris().feature_names
+    pd.DataFrame(x[test_rows], columns=names).to_csv(workdir / "in.csv", index=False)
+    result = cli("predict", bundle, "--input", workdir / "in.csv", "--engine", "native")
+    assert result.exit_code == 0, result.stderr
+    labels = [int(v) for v in result.stdout.split()[1:]]
+    assert labels == want.argmax(axis=1).tolist()
 
 
 def test_onnx_averages_the_fold_models_in_the_graph(write_spec, workdir: Path, cli) -> None:
@@ -241,6 +249,10 @@ def test_onnx_averages_the_fold_models_in_the_graph(write_spec, workdir: Path, c
     native = hpo.load_ensemble(bundle).predict_proba(x)
     graph = OnnxEnsemble(onnx_out).predict_proba(x)
     assert np.allclose(native, graph, atol=1e-5)
+    # K sub-graphs per member, as the manifest lists the fold models.
+    manifest = json.loads((onnx_out / "manifest.json").read_text())
+    folds = [m["fold"] for m in manifest["members"]]
+    assert len(folds) % K == 0 and sorted(set(folds)) == list(range(K))
 
 
 # --- small data --------------------------------------------------------------------------

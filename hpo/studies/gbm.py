@@ -3,7 +3,9 @@
 Same splits as the NN study; on a table XGBoost reads its own view of the data (missing
 values as NaN, categories natively), otherwise the NN study's matrix. Early stopping
 watches the validation loss, and so does the pruner, through
-``optuna_integration.XGBoostPruningCallback``.
+``optuna_integration.XGBoostPruningCallback``. With ``data.validation: {kfold: K}`` a
+trial boosts one model per fold (:mod:`hpo.studies.folds`); fold 0's rounds are the
+pruner's curve.
 """
 
 from __future__ import annotations

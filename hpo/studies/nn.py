@@ -1,4 +1,5 @@
-"""The NN family: an Optuna objective that trains one MLP per trial, and its baselines."""
+"""The NN family: an Optuna objective that trains one MLP per trial (one per fold with
+``data.validation: {kfold: K}``, see :mod:`hpo.studies.folds`), and its baselines."""
 
 from __future__ import annotations
 
