@@ -292,7 +292,10 @@ def test_an_ensemble_with_fewer_members_than_asked_says_so(write_spec, capsys) -
     studies = {"gbm": run_study(GBM, spec, data, storage, artifacts)}
     capsys.readouterr()
     build_ensemble(spec.name, studies, data, spec.ensemble, artifacts, spec.metric)
-    assert capsys.readouterr().err == "ensemble: 1 of 2 GBM members (only 1 trial completed)\n"
+    assert (
+        capsys.readouterr().err
+        == "ensemble: 1 of 2 GBM members (1 of the study's trials completed)\n"
+    )
     full = spec.ensemble.model_copy(update={"gbm_members": 1})
     build_ensemble(spec.name, studies, data, full, artifacts, spec.metric)
     assert capsys.readouterr().err == ""

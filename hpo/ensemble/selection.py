@@ -270,16 +270,16 @@ def build_ensemble(
         for kind, study in studies.items()
         if getattr(config, f"{kind}_members")
     }
-    for kind, ts in chosen.items():
-        line = underfilled_note(kind, studies[kind], len(ts), getattr(config, f"{kind}_members"))
-        if line:
-            note(line)
     trials = [t for ts in chosen.values() for t in ts]
     if not trials:
         raise HpoError(
             f"{name}: no finished trials to build an ensemble from "
             "(none has run yet, or every one was pruned or failed)"
         )
+    for kind, ts in chosen.items():
+        line = underfilled_note(kind, studies[kind], len(ts), getattr(config, f"{kind}_members"))
+        if line:
+            note(line)
     members: list[EnsembleMember] = [
         load_member(kind, t, studies[kind].study_name, artifacts, data)
         for kind, ts in chosen.items()
@@ -328,12 +328,13 @@ def validation_predictions(
 
 
 def underfilled_note(kind: Kind, study: optuna.Study, got: int, asked: int) -> str | None:
-    """One line when the ensemble holds fewer ``kind`` members than the spec asks, and why."""
+    """One line when the ensemble holds fewer ``kind`` members than the spec asks, and why,
+    e.g. ``ensemble: 1 of 3 GBM members (1 of the study's trials completed, 7 pruned)``."""
     if got >= asked:
         return None
     states = Counter(t.state for t in study.get_trials(deepcopy=False))
     complete = states[TrialState.COMPLETE]
-    why = [f"only {complete} trial{'s' if complete != 1 else ''} completed"]
+    why = [f"{complete} of the study's trials completed"]
     if complete > got:
         why.append(f"{complete - got} outside the current search space")
     why += [
