@@ -318,6 +318,28 @@ class EnsembleConfig(_Frozen):
         return self
 
 
+MAX_FOLDS = 100
+
+
+class KFold(_Frozen):
+    """``validation: {kfold: K}``: every non-test row validates once, in one of K folds."""
+
+    kfold: int = Field(ge=2, le=MAX_FOLDS)
+
+
+def _check_validation(value: Any) -> Any:
+    """``holdout`` or ``{kfold: K}``; anything else is one clear line, not a union's two."""
+    if value == "holdout" or isinstance(value, KFold):
+        return value
+    k = value.get("kfold") if isinstance(value, dict) and list(value) == ["kfold"] else None
+    if isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= MAX_FOLDS:
+        return value
+    raise ValueError(
+        f"must be 'holdout' or {{kfold: K}} with a whole number K from 2 to {MAX_FOLDS}, "
+        f"got {value!r}"
+    )
+
+
 class DataSpec(_Frozen):
     """Where the data comes from, how a table is read, and how it is split and scaled."""
 
@@ -327,6 +349,11 @@ class DataSpec(_Frozen):
     target: str | None = Field(default=None, description="table target column")
     scaling: Scaling = "standard"
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # holdout: one validation split (validation_fraction); {kfold: K}: the non-test rows in
+    # K folds, one model per fold (hpo.data.dataset.Dataset.fold), scored out of fold.
+    validation: Annotated[Literal["holdout"] | KFold, BeforeValidator(_check_validation)] = (
+        "holdout"
+    )
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     limit: int | None = Field(default=None, ge=10, description="use only the first N rows")
     # Tables (csv, parquet) only. Tuples, not lists: the frozen spec is a cache key.
@@ -356,6 +383,11 @@ class DataSpec(_Frozen):
         if self.target is not None and self.target in self.drop:
             raise ValueError(f"the target {self.target!r} cannot also be dropped")
         return self
+
+    @property
+    def n_folds(self) -> int:
+        """K of ``validation: {kfold: K}``; 0 for a holdout split."""
+        return self.validation.kfold if isinstance(self.validation, KFold) else 0
 
 
 class Limits(_Frozen):

@@ -4,10 +4,21 @@ Every source ends in the same :class:`Dataset`: float32 matrices for train, vali
 test (the MLP's, plus XGBoost's own where a table needs one), integer class labels (or
 float targets), and the fitted :class:`~hpo.data.preprocess.Preprocessor` that the exported
 bundle repeats on raw inputs.
+
+With ``validation: {kfold: K}`` the test split is held out as always and the other rows
+(the *pool*) are cut into K folds, stratified for classes and seeded. ``Dataset.fold(k)``
+is a plain holdout Dataset (train: the other folds, val: fold k) and ``train``/``val`` are
+fold 0's, so code that knows nothing of folds still trains and validates on disjoint rows.
+The preprocessing is fitted once on the whole pool, not per fold: the K fold models then
+share the one preprocessing a bundle stores (as AutoGluon's bagged models share its feature
+generators), and it learns no labels (medians, scales, category levels), so a fold's
+validation rows lend its training only column statistics. Regression's target scaling
+(``y_mean``, ``y_std``) comes from the pool for the same reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import stat
@@ -17,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from hpo.data.idx import FILES, find_idx_file, read_idx
 from hpo.data.preprocess import Preprocessor, as_text
@@ -37,6 +48,9 @@ class Split:
     y: np.ndarray  # int64 class index, or float32 target in original units
     x_gbm: np.ndarray | None = None  # XGBoost's own matrix (NaN, category codes), if any
 
+    def take(self, rows: np.ndarray) -> Split:
+        return Split(self.x[rows], self.y[rows], None if self.x_gbm is None else self.x_gbm[rows])
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -53,7 +67,34 @@ class Dataset:
     # Regression targets are standardized for training; these undo it (0 and 1 otherwise).
     y_mean: float = 0.0
     y_std: float = 1.0
+    # validation: {kfold: K}: every non-test row (train and val are fold 0's share of it),
+    # and per fold its (training rows, validation rows) as indices into the pool.
+    pool: Split | None = None
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...] = field(default=(), compare=False)
     _tensors: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _fold_views: dict[int, Dataset] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_folds(self) -> int:
+        """K with k-fold validation, 0 with a holdout split."""
+        return len(self.folds)
+
+    def fold(self, k: int) -> Dataset:
+        """Fold ``k`` as a holdout Dataset (train: the other folds, val: fold k, the same
+        test split and preprocessing); made once, so its tensors are made once too."""
+        if k not in self._fold_views:
+            assert self.pool is not None, "fold() needs validation: {kfold: K}"
+            train_rows, val_rows = self.folds[k]
+            self._fold_views[k] = dataclasses.replace(
+                self,
+                train=self.pool.take(train_rows),
+                val=self.pool.take(val_rows),
+                pool=None,
+                folds=(),
+                _tensors={},
+                _fold_views={},
+            )
+        return self._fold_views[k]
 
     @property
     def scaler(self) -> Scaler:
@@ -123,12 +164,17 @@ def load_dataset(spec: DataSpec, task: Task, base_dir: Path, seed: int) -> Datas
         else:
             test_rows = None
             val_size = spec.validation_fraction
-        train_rows, val_rows = train_test_split(
-            rows,
-            test_size=val_size,
-            random_state=seed,
-            stratify=y[rows] if stratify else None,
-        )
+        if spec.n_folds:
+            folds = fold_rows(y[rows], spec.n_folds, seed=seed, stratify=stratify)
+            train_rows, val_rows = rows[folds[0][0]], rows[folds[0][1]]
+        else:
+            folds = ()
+            train_rows, val_rows = train_test_split(
+                rows,
+                test_size=val_size,
+                random_state=seed,
+                stratify=y[rows] if stratify else None,
+            )
     except ValueError as e:
         raise HpoError(f"{raw.source}: cannot split the data ({e})") from None
 
@@ -136,9 +182,11 @@ def load_dataset(spec: DataSpec, task: Task, base_dir: Path, seed: int) -> Datas
         return x.iloc[rows_] if isinstance(x, pd.DataFrame) else x[rows_]
 
     x_train = take(train_rows)
-    if isinstance(x_train, pd.DataFrame):
+    # With folds, fitted on the whole pool that the K fold models share (module docstring).
+    fit_rows = take(rows) if folds else x_train
+    if isinstance(fit_rows, pd.DataFrame):
         pre = Preprocessor.fit_frame(
-            x_train,
+            fit_rows,
             categorical=spec.categorical,
             max_onehot=spec.max_onehot,
             scaling=spec.scaling,
@@ -146,7 +194,7 @@ def load_dataset(spec: DataSpec, task: Task, base_dir: Path, seed: int) -> Datas
             read_options={"sep": spec.sep, "thousands": spec.thousands, "decimal": spec.decimal},
         )
     else:
-        pre = Preprocessor.fit_array(x_train, raw.names, spec.scaling)
+        pre = Preprocessor.fit_array(fit_rows, raw.names, spec.scaling)
 
     def split(features: pd.DataFrame | np.ndarray, target: np.ndarray) -> Split:
         views = pre.transform(features)
@@ -157,14 +205,19 @@ def load_dataset(spec: DataSpec, task: Task, base_dir: Path, seed: int) -> Datas
         test = split(x_test, y_test)
     else:
         test = split(take(test_rows), y[test_rows])
-    y_train = y[train_rows]
+    y_fit = y[rows] if folds else y[train_rows]
     y_mean, y_std = (
-        (float(y_train.mean()), float(y_train.std()) or 1.0) if task == "regression" else (0.0, 1.0)
+        (float(y_fit.mean()), float(y_fit.std()) or 1.0) if task == "regression" else (0.0, 1.0)
     )
+    if folds:
+        pool = split(take(rows), y[rows])
+        train, val = pool.take(folds[0][0]), pool.take(folds[0][1])
+    else:
+        pool, train, val = None, split(x_train, y[train_rows]), split(take(val_rows), y[val_rows])
     return Dataset(
         task=task,
-        train=split(x_train, y_train),
-        val=split(take(val_rows), y[val_rows]),
+        train=train,
+        val=val,
         test=test,
         preprocessor=pre,
         feature_names=raw.names,
@@ -172,7 +225,22 @@ def load_dataset(spec: DataSpec, task: Task, base_dir: Path, seed: int) -> Datas
         source=raw.source,
         y_mean=y_mean,
         y_std=y_std,
+        pool=pool,
+        folds=folds,
     )
+
+
+def fold_rows(
+    y: np.ndarray, k: int, *, seed: int, stratify: bool
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """K (training rows, validation rows) pairs over ``len(y)`` rows: shuffled with
+    ``seed``, stratified by class for classification; each row validates in one fold.
+
+    Raises:
+        ValueError: fewer rows (or, stratified, members of every class) than folds.
+    """
+    splitter = (StratifiedKFold if stratify else KFold)(n_splits=k, shuffle=True, random_state=seed)
+    return tuple((a, b) for a, b in splitter.split(np.zeros(len(y)), y))
 
 
 def _encode_targets(

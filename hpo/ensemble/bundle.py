@@ -1,5 +1,10 @@
 """The exported ensemble: a directory with ``manifest.json`` and one file per member.
 
+A k-fold member (``data.validation: {kfold: K}``) is written as its K fold models, each a
+manifest member of its own with the member's weight divided by K and its ``fold`` number:
+the weighted sum that every reader already computes is then the average of the fold
+models, so loading, ``hpo predict``, the estimator and the ONNX graph need nothing new.
+
 No pickle anywhere, so a bundle from a stranger cannot run code: NN members are
 safetensors (plus their MLP spec in the manifest), GBM members XGBoost UBJSON models, the
 rest JSON. The manifest holds the sha256 and byte size of every member file, and each
@@ -38,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hpo import __version__
 from hpo.data.dataset import Dataset
 from hpo.data.preprocess import Preprocessor
-from hpo.ensemble.selection import EnsembleReport
+from hpo.ensemble.selection import EnsembleReport, fold_models
 from hpo.ensemble.untrusted import load_json, read_regular_file
 from hpo.errors import HpoError
 from hpo.models.members import MODEL_ERRORS, GBMMember, Member, NNMember, n_outputs, state_shapes
@@ -113,6 +118,8 @@ class ManifestMember(_Strict):
     metrics: MemberMetrics
     mlp_spec: dict[str, Any] | None = None
     refit: RefitRecipe | None = None  # None: exported before refitting (cannot be refitted)
+    # Of a k-fold trial: which fold model this is (weight: the trial's share / K).
+    fold: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _check_spec(self) -> ManifestMember:
@@ -217,11 +224,12 @@ def _sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _member_file(member: Member) -> tuple[str, bytes]:
+def _member_file(member: Member, fold: int | None = None) -> tuple[str, bytes]:
+    stem = f"{member.kind}-{member.trial}" + ("" if fold is None else f"-fold{fold}")
     if isinstance(member, NNMember):
-        return f"nn-{member.trial}.safetensors", safetensors.torch.save(member.state_dict())
+        return f"{stem}.safetensors", safetensors.torch.save(member.state_dict())
     assert isinstance(member, GBMMember)
-    return f"gbm-{member.trial}.ubj", member.to_bytes()
+    return f"{stem}.ubj", member.to_bytes()
 
 
 def check_out_dir(out: Path, *, force: bool) -> None:
@@ -305,25 +313,27 @@ def export_bundle(
     for member, trial, weight in zip(report.members, report.trials, weights, strict=True):
         if weight <= 0:
             continue
-        name, raw = _member_file(member)
-        files[name] = raw
         row = rows[f"{member.kind}#{member.trial}"]
-        members.append(
-            {
-                "kind": member.kind,
-                "trial": member.trial,
-                "file": name,
-                "weight": float(weight),
-                "params": trial.params,
-                "metrics": {
-                    "val_loss": row.val_loss,
-                    "val_metric": row.val_metric,
-                    "test_metric": row.test_metric,
-                },
-                "mlp_spec": member.mlp_spec.to_dict() if isinstance(member, NNMember) else None,
-                "refit": None if spec is None else refit_recipe(member.kind, trial, spec, data),
-            }
-        )
+        for model, share, fold in fold_models(member, float(weight)):
+            name, raw = _member_file(model, fold)
+            files[name] = raw
+            members.append(
+                {
+                    "kind": model.kind,
+                    "trial": model.trial,
+                    "file": name,
+                    "weight": share,
+                    "params": trial.params,
+                    "metrics": {
+                        "val_loss": row.val_loss,
+                        "val_metric": row.val_metric,
+                        "test_metric": row.test_metric,
+                    },
+                    "mlp_spec": model.mlp_spec.to_dict() if isinstance(model, NNMember) else None,
+                    **({} if fold is None else {"fold": fold}),
+                    "refit": refit_recipe(model.kind, trial, spec, data, fold) if spec else None,
+                }
+            )
     files.update(extra_files or {})  # model.onnx (ensemble.onnx_export): checked like the others
     manifest = Manifest.model_validate(
         {
@@ -347,36 +357,55 @@ def export_bundle(
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     )
-    files[MANIFEST] = (json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n").encode()
+    written = manifest.model_dump(mode="json")
+    for member in written["members"]:
+        if member["fold"] is None:
+            del member["fold"]  # a holdout bundle's manifest stays as earlier hpo wrote it
+    files[MANIFEST] = (json.dumps(written, indent=2) + "\n").encode()
     _write_dir(out, files)
     return manifest
 
 
 def refit_recipe(
-    kind: str, trial: optuna.trial.FrozenTrial, spec: StudySpec, data: Dataset
+    kind: str,
+    trial: optuna.trial.FrozenTrial,
+    spec: StudySpec,
+    data: Dataset,
+    fold: int | None = None,
 ) -> dict[str, Any] | None:
-    """How to train ``trial``'s member again (see :class:`RefitRecipe`); None when the trial
-    does not record its best epoch or kept rounds (a study older than refitting)."""
+    """How to train ``trial``'s member (of a k-fold trial: its ``fold`` model) again (see
+    :class:`RefitRecipe`); None when the trial does not record its best epoch or kept
+    rounds (a study older than refitting). A fold model is seeded, stopped and scheduled as
+    it was trained; a refit trains it on all the given rows, so the K refitted fold models
+    are K seeds of one configuration, averaged."""
     attrs = trial.user_attrs
+
+    def of_fold(key: str, fold_key: str) -> Any:
+        if fold is None:
+            return attrs.get(key)
+        values = attrs.get(fold_key) or []
+        return values[fold] if fold < len(values) else None
+
+    seed = spec.seed + (fold or 0)
     if kind == "nn":
-        best = attrs.get("best_epoch")
+        best = of_fold("best_epoch", "fold_best_epochs")
         if best is None:
             return None
         return {
-            "seed": spec.seed,
+            "seed": seed,
             "epochs": int(best) + 1,
             "schedule_epochs": spec.nn.epochs,
-            "learning_rates": attrs.get(stored.LEARNING_RATES),
+            "learning_rates": of_fold(stored.LEARNING_RATES, "fold_learning_rates"),
         }
-    rounds = attrs.get(stored.ROUNDS_USED)
+    rounds = of_fold(stored.ROUNDS_USED, "fold_rounds_used")
     if rounds is None:
         return None
     # Imported here: loading a bundle to predict needs none of the studies' machinery.
     from hpo.studies.gbm import xgb_params
 
-    booster = xgb_params(trial.params, data, seed=spec.seed, device="cpu", max_bin=spec.gbm.max_bin)
+    booster = xgb_params(trial.params, data, seed=seed, device="cpu", max_bin=spec.gbm.max_bin)
     booster.pop("device")  # chosen where it is refitted, like the thread count
-    return {"seed": spec.seed, "rounds": int(rounds), "booster": booster}
+    return {"seed": seed, "rounds": int(rounds), "booster": booster}
 
 
 def _write_dir(out: Path, files: dict[str, bytes]) -> None:

@@ -38,7 +38,7 @@ import safetensors.torch
 import torch
 
 from hpo.data.dataset import Dataset
-from hpo.ensemble.selection import EnsembleReport
+from hpo.ensemble.selection import EnsembleReport, fold_models
 from hpo.errors import HpoError
 
 try:
@@ -416,7 +416,14 @@ def onnx_files(report: EnsembleReport, data: Dataset, fmt: str) -> dict[str, byt
     if fmt == "bundle":
         return {}
     weights = report.weights[report.method]
-    kept = [(m, float(w)) for m, w in zip(report.members, weights, strict=True) if w > 0]
+    # A k-fold member is its K fold models, each its own sub-graph of weight w / K, in the
+    # order the bundle's manifest lists them (hpo.ensemble.bundle).
+    kept = [
+        (model, share)
+        for m, w in zip(report.members, weights, strict=True)
+        if w > 0
+        for model, share, _ in fold_models(m, float(w))
+    ]
     raw = build_onnx(
         [m for m, _ in kept],
         [w for _, w in kept],

@@ -1,6 +1,11 @@
 """The ensemble: the best NN and GBM trials, read back from storage, weighted on validation.
 
-Nothing is retrained: members are the saved models of finished trials. Two weightings:
+Nothing is retrained: members are the saved models of finished trials. With
+``data.validation: {kfold: K}`` a member is a :class:`BaggedMember`: the K fold models of
+its trial, averaged, and "validation" means the trial's stored out-of-fold predictions of
+every non-test row (:mod:`hpo.studies.folds`), so the weights below are fitted on those,
+never on test, as AutoGluon fits its weighted ensemble on out-of-fold predictions. Two
+weightings:
 
 - ``average``: the plain mean of the members' probabilities (or predictions, for regression);
 - ``greedy``: Caruana et al. (2004) ensemble selection with replacement, fitted on the
@@ -17,6 +22,7 @@ in the NN study's user attrs; the HTML report and ``hpo export`` read it back.
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,9 +32,11 @@ import optuna
 import safetensors
 import safetensors.torch
 import torch
+from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from hpo.data.dataset import Dataset
+from hpo.data.tables import note
 from hpo.ensemble.sanity import check_studies_have_values, check_useful
 from hpo.errors import HpoError
 from hpo.models.members import MODEL_ERRORS, GBMMember, Member, NNMember, combine
@@ -58,16 +66,43 @@ from hpo.storage.stored import (
     outside_current_space,
     store_leaderboard,
 )
+from hpo.studies.folds import read_npy
 
 Method = Literal["average", "greedy"]
 METHODS: tuple[Method, ...] = ("average", "greedy")
 
 
 @dataclass(frozen=True)
+class BaggedMember:
+    """A k-fold trial as one member: its K fold models, averaged (as AutoGluon's bagged
+    models predict), and their out-of-fold predictions of the non-test rows."""
+
+    trial: int
+    kind: Kind
+    folds: tuple[Member, ...]
+    oof: np.ndarray  # rows in pool order (hpo.data.dataset.Dataset.pool)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return combine([m.predict(x) for m in self.folds], average_weights(len(self.folds)))
+
+
+EnsembleMember = Member | BaggedMember
+
+
+def fold_models(member: EnsembleMember, weight: float) -> list[tuple[Member, float, int | None]]:
+    """What a bundle or an ONNX graph holds of a member: itself, or each of its K fold
+    models with weight ``weight / K`` (their sum is the member's average), with its fold."""
+    if isinstance(member, BaggedMember):
+        share = weight / len(member.folds)
+        return [(m, share, k) for k, m in enumerate(member.folds)]
+    return [(member, weight, None)]
+
+
+@dataclass(frozen=True)
 class Ensemble:
     """Members and their weights (summing to one); predicts from preprocessed features."""
 
-    members: tuple[Member, ...]
+    members: tuple[EnsembleMember, ...]
     weights: np.ndarray
 
     def predict(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
@@ -85,7 +120,7 @@ class EnsembleReport:
     """Everything one ensemble build found: members, both weightings, the leaderboard."""
 
     name: str
-    members: tuple[Member, ...]
+    members: tuple[EnsembleMember, ...]
     trials: tuple[optuna.trial.FrozenTrial, ...]  # the members' trials, in member order
     weights: dict[Method, np.ndarray]
     method: Method
@@ -127,8 +162,10 @@ def read_artifact(
     artifacts: optuna.artifacts.FileSystemArtifactStore,
     study_name: str,
     trial: optuna.trial.FrozenTrial,
+    artifact_id: str | None = None,
 ) -> bytes:
-    artifact_id = trial.user_attrs.get(stored.ARTIFACT_ID)
+    """A trial's model file (``artifact_id``: another of its files, e.g. a fold model)."""
+    artifact_id = artifact_id or trial.user_attrs.get(stored.ARTIFACT_ID)
     if not artifact_id:
         raise HpoError(f"{study_name}: trial {trial.number} has no saved model")
     try:
@@ -147,14 +184,36 @@ def load_member(
     study_name: str,
     artifacts: optuna.artifacts.FileSystemArtifactStore,
     data: Dataset,
-) -> Member:
+) -> EnsembleMember:
     """The saved model of ``trial`` in study ``study_name`` (a ``kind`` study), ready to
-    predict on ``data``'s views.
+    predict on ``data``'s views; a k-fold trial's K fold models as one bagged member.
 
     Raises:
         HpoError: no saved model, not in the artifact store, or not readable.
     """
-    raw = read_artifact(artifacts, study_name, trial)
+    fold_ids = trial.user_attrs.get(stored.FOLD_ARTIFACT_IDS)
+    if fold_ids:
+        folds = tuple(
+            _load_one(kind, trial, read_artifact(artifacts, study_name, trial, i), data, study_name)
+            for i in fold_ids
+        )
+        oof_id = trial.user_attrs.get(stored.OOF_ARTIFACT_ID)
+        if not oof_id:
+            raise HpoError(f"{study_name}: trial {trial.number} has no out-of-fold predictions")
+        try:
+            oof = read_npy(read_artifact(artifacts, study_name, trial, oof_id))
+        except ValueError as e:
+            raise HpoError(
+                f"{study_name}: cannot read the out-of-fold predictions of trial "
+                f"{trial.number}: {e}"
+            ) from None
+        return BaggedMember(trial.number, kind, folds, oof.astype(np.float64))
+    return _load_one(kind, trial, read_artifact(artifacts, study_name, trial), data, study_name)
+
+
+def _load_one(
+    kind: Kind, trial: optuna.trial.FrozenTrial, raw: bytes, data: Dataset, study_name: str
+) -> Member:
     try:
         return _nn_member(trial, raw, data) if kind == "nn" else _gbm_member(trial, raw, data)
     except MODEL_ERRORS as e:
@@ -217,21 +276,25 @@ def build_ensemble(
             f"{name}: no finished trials to build an ensemble from "
             "(none has run yet, or every one was pruned or failed)"
         )
-    members: list[Member] = [
+    for kind, ts in chosen.items():
+        line = underfilled_note(kind, studies[kind], len(ts), getattr(config, f"{kind}_members"))
+        if line:
+            note(line)
+    members: list[EnsembleMember] = [
         load_member(kind, t, studies[kind].study_name, artifacts, data)
         for kind, ts in chosen.items()
         for t in ts
     ]
     metric = metric or default_metric(data.task)
-    val = [m.predict(data.view(m.kind, "val")) for m in members]
+    val, val_y = validation_predictions(members, data)
     test = [m.predict(data.view(m.kind, "test")) for m in members]
     weights: dict[Method, np.ndarray] = {
         "average": average_weights(len(members)),
         "greedy": greedy_weights(
-            val, selection_key(data.task, metric, data.val.y), config.greedy_rounds
+            val, selection_key(data.task, metric, val_y), config.greedy_rounds
         )[0],
     }
-    leaderboard = _leaderboard(members, val, test, weights, data, config.method, metric)
+    leaderboard = _leaderboard(members, val, val_y, test, weights, data, config.method, metric)
     leaderboard = leaderboard.model_copy(
         update={"left_out": {s.study_name: outside_current_space(s) for s in studies.values()}}
     )
@@ -245,9 +308,47 @@ def build_ensemble(
     )
 
 
+def validation_predictions(
+    members: list[EnsembleMember], data: Dataset
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """What the weights are fitted on and the leaderboard's ``val`` columns score: each
+    member's prediction of the validation split, or with folds its out-of-fold prediction
+    of every non-test row; and the true labels of those rows."""
+    if data.pool is None:
+        return [m.predict(data.view(m.kind, "val")) for m in members], data.val.y
+    val = []
+    for m in members:
+        if not isinstance(m, BaggedMember) or len(m.oof) != len(data.pool.y):
+            raise HpoError(
+                f"{m.kind}#{m.trial} has no out-of-fold predictions of this data's "
+                f"{len(data.pool.y)} non-test rows"
+            )
+        val.append(m.oof)
+    return val, data.pool.y
+
+
+def underfilled_note(kind: Kind, study: optuna.Study, got: int, asked: int) -> str | None:
+    """One line when the ensemble holds fewer ``kind`` members than the spec asks, and why,
+    e.g. ``ensemble: 1 of 3 GBM members (1 of the study's trials completed, 7 pruned)``."""
+    if got >= asked:
+        return None
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
+    complete = states[TrialState.COMPLETE]
+    why = [f"{complete} of the study's trials completed"]
+    if complete > got:
+        why.append(f"{complete - got} outside the current search space")
+    why += [
+        f"{states[state]} {label}"
+        for state, label in ((TrialState.PRUNED, "pruned"), (TrialState.FAIL, "failed"))
+        if states[state]
+    ]
+    return f"ensemble: {got} of {asked} {kind.upper()} members ({', '.join(why)})"
+
+
 def _leaderboard(
-    members: list[Member],
+    members: list[EnsembleMember],
     val: list[np.ndarray],
+    val_y: np.ndarray,
     test: list[np.ndarray],
     weights: dict[Method, np.ndarray],
     data: Dataset,
@@ -265,10 +366,10 @@ def _leaderboard(
             kind=kind,
             trial=trial,
             weight=weight,
-            val_loss=validation_loss(task, v, data.val.y),
-            val_metric=score(metric, v, data.val.y),
+            val_loss=validation_loss(task, v, val_y),
+            val_metric=score(metric, v, val_y),
             test_metric=score(metric, t, data.test.y),
-            **scores(names, "val", v, data.val.y),
+            **scores(names, "val", v, val_y),
             **scores(names, "test", t, data.test.y),
         )
 
@@ -290,7 +391,9 @@ def _leaderboard(
                 combine(test, w),
             )
         )
-    no_skill = constant_prediction(task, data.train.y, len(data.val.y), len(data.classes or []))
+    # The class frequencies (or mean) of the rows the members trained on: with folds, all.
+    fit_y = data.train.y if data.pool is None else data.pool.y
+    no_skill = constant_prediction(task, fit_y, len(val_y), len(data.classes or []))
     return Leaderboard(
         method=method,
         metric=metric,
@@ -298,8 +401,8 @@ def _leaderboard(
         loss=loss_name(task),
         baseline=NoSkill(
             name=no_skill_name(task),
-            val_loss=validation_loss(task, no_skill, data.val.y),
-            val_metric=score(metric, no_skill, data.val.y),
+            val_loss=validation_loss(task, no_skill, val_y),
+            val_metric=score(metric, no_skill, val_y),
         ),
         rows=rows,
     )

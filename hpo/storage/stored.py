@@ -61,6 +61,11 @@ EPOCHS_RUN = "epochs_run"
 TRAIN_SECONDS = "train_seconds"
 LEARNING_RATES = "learning_rates"  # NN with a plateau schedule: the rate of each epoch
 ROUNDS_USED = "n_estimators_used"  # GBM: boosting rounds kept (up to the best one)
+# data.validation {kfold: K} (hpo.studies.folds): K, the fold models' artifact ids in fold
+# order (artifact_id is fold 0's), and the out-of-fold predictions (float32 .npy).
+FOLDS = "folds"
+FOLD_ARTIFACT_IDS = "fold_artifact_ids"
+OOF_ARTIFACT_ID = "oof_artifact_id"
 # Every metric a trial may record (hpo.models.metrics.recorded_metrics), val then test.
 METRIC_KEYS = tuple(
     f"{part}_{name}"

@@ -3,7 +3,9 @@
 Same splits as the NN study; on a table XGBoost reads its own view of the data (missing
 values as NaN, categories natively), otherwise the NN study's matrix. Early stopping
 watches the validation loss, and so does the pruner, through
-``optuna_integration.XGBoostPruningCallback``.
+``optuna_integration.XGBoostPruningCallback``. With ``data.validation: {kfold: K}`` a
+trial boosts one model per fold (:mod:`hpo.studies.folds`); fold 0's rounds are the
+pruner's curve.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import optuna
 import xgboost as xgb
 from optuna_integration import XGBoostPruningCallback
@@ -23,6 +26,7 @@ from hpo.models.train import pick_device
 from hpo.spec import GBMSpace, StudySpec, Task
 from hpo.storage import stored
 from hpo.storage.backend import save_trial_results
+from hpo.studies.folds import fold_scores, out_of_fold, save_fold_results
 from hpo.studies.parallel import INTERRUPTS
 from hpo.studies.search_space import suggest
 from hpo.studies.study import ArtifactStore, Baseline, Family, PrunerSteps, TrialObjective
@@ -106,22 +110,11 @@ class GBMObjective(TrialObjective):
 
     def __init__(self, spec: StudySpec, data: Dataset, artifacts: ArtifactStore, **kw: Any):
         super().__init__(spec, data, artifacts, **kw)
-        # Binned once per process and reused by every trial (hist needs quantiles only once).
-        # A table's own view keeps NaN and carries category codes as native categoricals.
-        types = data.gbm_feature_types
-        self.dtrain = xgb.QuantileDMatrix(
-            data.view("gbm", "train"),
-            data.train.y,
-            max_bin=spec.gbm.max_bin,
-            feature_types=types,
-            enable_categorical=types is not None,
-        )
-        self.dval = xgb.DMatrix(
-            data.view("gbm", "val"),
-            data.val.y,
-            feature_types=types,
-            enable_categorical=types is not None,
-        )
+        # Binned once per process and reused by every trial (hist needs quantiles only once);
+        # with folds, one (train, validation) pair per fold.
+        views = [data.fold(k) for k in range(data.n_folds)] or [data]
+        self.matrices = [_matrices(view, spec.gbm.max_bin) for view in views]
+        self.dtrain, self.dval = self.matrices[0]
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec.gbm.search_space)
@@ -138,21 +131,10 @@ class GBMObjective(TrialObjective):
             max_bin=self.spec.gbm.max_bin,
         )
         trial.set_user_attr(stored.DEVICE, self.device)
-        observed = f"validation-{EVAL_METRIC[self.data.task]}"
+        if self.data.n_folds:
+            return self._run_folds(trial, params, booster_params)
         start = time.perf_counter()
-        try:
-            booster = xgb.train(
-                booster_params,
-                self.dtrain,
-                num_boost_round=params["n_estimators"],
-                evals=[(self.dval, "validation")],
-                early_stopping_rounds=self.spec.gbm.early_stopping_rounds,
-                callbacks=[_InterruptCheck(), XGBoostPruningCallback(trial, observed)],
-                verbose_eval=False,
-            )
-        except optuna.TrialPruned as e:
-            trial.set_user_attr(stored.PRUNED_REASON, f"{e} (by {self.spec.pruner})")
-            raise
+        booster = self._boost(trial, params, booster_params, self.dtrain, self.dval, prune=True)
         seconds = time.perf_counter() - start
         rounds_run = booster.num_boosted_rounds()
         best_iteration = int(booster.best_iteration)
@@ -161,6 +143,74 @@ class GBMObjective(TrialObjective):
         model = GBMMember(trial.number, booster[: best_iteration + 1], self.data.task)
         self._record(trial, model, val_loss, params, rounds_run, best_iteration, seconds)
         return val_loss
+
+    def _boost(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        booster_params: dict[str, Any],
+        dtrain: xgb.DMatrix,
+        dval: xgb.DMatrix,
+        *,
+        prune: bool,
+    ) -> xgb.Booster:
+        """Boost with early stopping on ``dval``; with ``prune``, each round goes to the pruner."""
+        observed = f"validation-{EVAL_METRIC[self.data.task]}"
+        callbacks: list[xgb.callback.TrainingCallback] = [_InterruptCheck()]
+        if prune:
+            callbacks.append(XGBoostPruningCallback(trial, observed))
+        try:
+            return xgb.train(
+                booster_params,
+                dtrain,
+                num_boost_round=params["n_estimators"],
+                evals=[(dval, "validation")],
+                early_stopping_rounds=self.spec.gbm.early_stopping_rounds,
+                callbacks=callbacks,
+                verbose_eval=False,
+            )
+        except optuna.TrialPruned as e:
+            trial.set_user_attr(stored.PRUNED_REASON, f"{e} (by {self.spec.pruner})")
+            raise
+
+    def _run_folds(
+        self, trial: optuna.Trial, params: dict[str, Any], booster_params: dict[str, Any]
+    ) -> float:
+        """K boosters, fold 0 first and alone on the pruner's curve; the objective is the
+        out-of-fold loss over every non-test row (see :mod:`hpo.studies.folds`)."""
+        start = time.perf_counter()
+        models: list[GBMMember] = []
+        val_preds: list[np.ndarray] = []
+        test_preds: list[np.ndarray] = []
+        for k, (dtrain, dval) in enumerate(self.matrices):
+            fold_params = booster_params | {"seed": self.spec.seed + k}
+            booster = self._boost(trial, params, fold_params, dtrain, dval, prune=k == 0)
+            model = GBMMember(trial.number, booster[: booster.best_iteration + 1], self.data.task)
+            view = self.data.fold(k)
+            val_preds.append(model.predict(view.view("gbm", "val")))
+            test_preds.append(model.predict(view.view("gbm", "test")))
+            models.append(model)
+        seconds = time.perf_counter() - start
+        oof = out_of_fold(self.data, val_preds)
+        objective, metrics = fold_scores(self.data, oof, test_preds, self.spec.metric)
+        rounds = [m.booster.num_boosted_rounds() for m in models]
+        attrs: dict[str, Any] = {
+            "val_loss": objective,
+            **metrics,
+            stored.ROUNDS_USED: rounds[0],
+            "best_iteration": rounds[0] - 1,
+            "fold_rounds_used": rounds,
+            stored.TRAIN_SECONDS: round(seconds, 3),
+            stored.ARCHITECTURE: (
+                f"xgboost {len(models)} folds of {min(rounds)}-{max(rounds)} rounds, "
+                f"depth {params['max_depth']}"
+            ),
+        }
+        files = [
+            (f"gbm-trial-{trial.number}-fold{k}.ubj", m.to_bytes()) for k, m in enumerate(models)
+        ]
+        save_fold_results(trial, self.artifacts, files, oof, attrs)
+        return objective
 
     def _record(
         self,
@@ -188,6 +238,26 @@ class GBMObjective(TrialObjective):
         }
         name = f"gbm-trial-{trial.number}.ubj"
         save_trial_results(trial, self.artifacts, name, bytes(model.to_bytes()), attrs)
+
+
+def _matrices(data: Dataset, max_bin: int) -> tuple[xgb.DMatrix, xgb.DMatrix]:
+    """XGBoost's (training, validation) matrices of ``data``: a table's own view keeps NaN
+    and carries category codes as native categoricals."""
+    types = data.gbm_feature_types
+    dtrain = xgb.QuantileDMatrix(
+        data.view("gbm", "train"),
+        data.train.y,
+        max_bin=max_bin,
+        feature_types=types,
+        enable_categorical=types is not None,
+    )
+    dval = xgb.DMatrix(
+        data.view("gbm", "val"),
+        data.val.y,
+        feature_types=types,
+        enable_categorical=types is not None,
+    )
+    return dtrain, dval
 
 
 class GBMFamily(Family):

@@ -1,15 +1,25 @@
-"""The NN family: an Optuna objective that trains one MLP per trial, and its baselines."""
+"""The NN family: an Optuna objective that trains one MLP per trial (one per fold with
+``data.validation: {kfold: K}``, see :mod:`hpo.studies.folds`), and its baselines."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 import safetensors.torch
 
+from hpo.data.dataset import Dataset
 from hpo.models.mlp import MLPSpec
 from hpo.models.threads import configure_threads
-from hpo.models.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
+from hpo.models.train import (
+    NonFiniteLoss,
+    TrainResult,
+    pick_device,
+    predict_raw,
+    to_prediction,
+    train_mlp,
+)
 from hpo.spec import StudySpec
 from hpo.storage import stored
 from hpo.storage.backend import save_trial_results
@@ -20,6 +30,7 @@ from hpo.studies.defaults import (
     is_tabular,
     realmlp_td_params,
 )
+from hpo.studies.folds import fold_scores, out_of_fold, save_fold_results
 from hpo.studies.parallel import INTERRUPTS
 from hpo.studies.search_space import suggest
 from hpo.studies.study import Baseline, Family, PrunerSteps, TrialObjective
@@ -36,9 +47,21 @@ class NNObjective(TrialObjective):
         # An enqueued hand-built baseline carries explicit layers in its user attrs.
         mlp = MLPSpec.from_params(params, trial.user_attrs.get(stored.LAYERS))
         trial.set_user_attr(stored.ARCHITECTURE, mlp.describe())
+        if self.data.n_folds:
+            return self._run_folds(trial, mlp)
+        result = self._train(trial, mlp, self.data, prune=True)
+        self._record(trial, mlp, result)
+        return result.val_loss
+
+    def _train(
+        self, trial: optuna.Trial, mlp: MLPSpec, data: Dataset, *, prune: bool, fold: int = 0
+    ) -> TrainResult:
+        """Train on ``data``; with ``prune``, report each epoch and let the pruner stop it."""
 
         def report(epoch: int, val_loss: float) -> None:
             INTERRUPTS.check()  # a Ctrl-C that Python dropped in a finalizer ends the trial here
+            if not prune:
+                return
             trial.report(val_loss, epoch)
             # After the last epoch there is nothing left to save: the trial completes.
             if epoch + 1 < self.spec.nn.epochs and trial.should_prune():
@@ -48,21 +71,61 @@ class NNObjective(TrialObjective):
                 raise optuna.TrialPruned(f"val_loss {val_loss:.4g} at epoch {epoch}")
 
         try:
-            result = train_mlp(
+            return train_mlp(
                 mlp,
-                self.data,
+                data,
                 epochs=self.spec.nn.epochs,
                 patience=self.spec.nn.patience,
-                seed=self.spec.seed,
+                seed=self.spec.seed + fold,
                 device=self.device,
                 on_epoch=report,
                 metric=self.spec.metric,
             )
         except NonFiniteLoss as e:
-            self._record_stop(trial, e.epoch + 1, str(e))
+            where = f" of fold {fold}" if self.data.n_folds else ""
+            self._record_stop(trial, e.epoch + 1, f"{e}{where}")
             raise optuna.TrialPruned(str(e)) from None
-        self._record(trial, mlp, result)
-        return result.val_loss
+
+    def _run_folds(self, trial: optuna.Trial, mlp: MLPSpec) -> float:
+        """K models, fold 0 first and alone on the pruner's curve; the objective is the
+        out-of-fold loss over every non-test row (see :mod:`hpo.studies.folds`)."""
+        results: list[TrainResult] = []
+        val_preds: list[np.ndarray] = []
+        test_preds: list[np.ndarray] = []
+        for k in range(self.data.n_folds):
+            view = self.data.fold(k)
+            result = self._train(trial, mlp, view, prune=k == 0, fold=k)
+            t = view.tensors(result.device)
+            for part, preds in (("val", val_preds), ("test", test_preds)):
+                out = predict_raw(result.model, t[f"{part}_x"])
+                preds.append(to_prediction(view.task, out, view.y_mean, view.y_std))
+            results.append(result)
+        oof = out_of_fold(self.data, val_preds)
+        objective, metrics = fold_scores(self.data, oof, test_preds, self.spec.metric)
+        first = results[0]
+        attrs: dict[str, Any] = {
+            "val_loss": objective,
+            **metrics,
+            stored.EPOCHS_RUN: first.epochs_run,
+            "best_epoch": first.best_epoch,
+            "fold_epochs_run": [r.epochs_run for r in results],
+            "fold_best_epochs": [r.best_epoch for r in results],
+            **(
+                {"fold_learning_rates": [r.learning_rates[: r.best_epoch + 1] for r in results]}
+                if mlp.lr_schedule == "plateau"
+                else {}
+            ),
+            stored.TRAIN_SECONDS: round(sum(r.seconds for r in results), 3),
+            stored.DEVICE: first.device,
+            stored.MLP_SPEC: mlp.to_dict(),
+            stored.ARTIFACT_FORMAT: "safetensors",
+        }
+        files = [
+            (f"nn-trial-{trial.number}-fold{k}.safetensors", _weights(r))
+            for k, r in enumerate(results)
+        ]
+        save_fold_results(trial, self.artifacts, files, oof, attrs)
+        return objective
 
     def _record_stop(self, trial: optuna.Trial, epochs_run: int, reason: str) -> None:
         trial.set_user_attr(stored.PRUNED_REASON, reason)
@@ -86,10 +149,14 @@ class NNObjective(TrialObjective):
             ),
             stored.ARTIFACT_FORMAT: "safetensors",
         }
-        # safetensors, as in a bundle: loading it runs no pickle (old studies hold .pt files).
-        weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
         name = f"nn-trial-{trial.number}.safetensors"
-        save_trial_results(trial, self.artifacts, name, safetensors.torch.save(weights), attrs)
+        save_trial_results(trial, self.artifacts, name, _weights(result), attrs)
+
+
+def _weights(result: TrainResult) -> bytes:
+    """safetensors, as in a bundle: loading it runs no pickle (old studies hold .pt files)."""
+    state = result.model.state_dict()
+    return safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()})
 
 
 class NNFamily(Family):

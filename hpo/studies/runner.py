@@ -126,10 +126,12 @@ def run_spec(
     notes = [] if prepared else prepare_run(
         spec, storage, fresh=fresh, trials=options.trials, notes_met=not worker
     )  # fmt: skip
-    log(
-        f"{spec.name}: {data.source}, {len(data.train.y)}/{len(data.val.y)}/{len(data.test.y)} "
-        f"train/val/test rows; storage {mask_url(resolve_url(options.storage))}"
+    splits = (
+        f"{len(data.train.y)}/{len(data.val.y)}/{len(data.test.y)} train/val/test rows"
+        if data.pool is None
+        else f"{len(data.pool.y)} rows in {data.n_folds} folds, {len(data.test.y)} test rows"
     )
+    log(f"{spec.name}: {data.source}, {splits}; storage {mask_url(resolve_url(options.storage))}")
     if new_database is not None:
         notes.insert(0, f"{spec.name}: a new SQLite database at {new_database}")
     for note in notes:
