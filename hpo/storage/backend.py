@@ -18,6 +18,8 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.storages._rdb.models import TrialUserAttributeModel
+from optuna.storages._rdb.storage import _create_scoped_session as _rdb_scoped_session
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -251,14 +253,51 @@ def save_trial_results(
     model_bytes: bytes,
     attrs: dict[str, Any],
     mimetype: str = MODEL_MIMETYPE,
+    *,
+    curve: dict[int, float] | None = None,
 ) -> None:
     """Upload a trial's model file to the artifact store, then write its user attrs
-    (``artifact_id`` among them): the attrs never name a file that is not there."""
+    (``artifact_id`` among them) and the learning ``curve`` not yet written (step ->
+    intermediate value) in one transaction: the attrs never name a file that is not there."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / filename
         path.write_bytes(model_bytes)
         artifact_id = upload_artifact(
             artifact_store=artifacts, file_path=str(path), study_or_trial=trial, mimetype=mimetype
         )
-    for key, value in {**attrs, ARTIFACT_ID: artifact_id}.items():
-        trial.set_user_attr(key, value)
+    write_trial(trial, {**attrs, ARTIFACT_ID: artifact_id}, curve)
+
+
+def write_trial(
+    trial: optuna.Trial, attrs: dict[str, Any], curve: dict[int, float] | None = None
+) -> None:
+    """Set a running trial's user ``attrs`` and intermediate values (``curve``, step ->
+    value), in one transaction where the storage is a database.
+
+    Optuna commits each attr and each value on its own: a trial's ~10 attrs and its
+    per-epoch values made most of its storage cost (benchmarks/optuna_overhead.py). Here
+    Optuna's own per-row writes (the same checks: the trial exists and is still running)
+    share one session. Other storages (in memory, the gRPC proxy) take them one by one.
+    """
+    curve = curve or {}
+    storage = trial.storage
+    database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
+    if isinstance(database, optuna.storages.RDBStorage):
+        trial_id = trial._trial_id
+        with _rdb_scoped_session(database.scoped_session) as session:
+            for step, value in curve.items():
+                database._set_trial_intermediate_value_without_commit(
+                    session, trial_id, step, value
+                )
+            for key, value in attrs.items():
+                database._set_trial_attr_without_commit(
+                    session, TrialUserAttributeModel, trial_id, key, value
+                )
+    else:
+        for step, value in curve.items():
+            storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+    # What Trial.set_user_attr keeps in its cached copy (Trial.report keeps its values there
+    # already, see hpo.studies.reporting).
+    trial._cached_frozen_trial.user_attrs.update(attrs)

@@ -2,8 +2,7 @@
 
 Same splits as the NN study; on a table XGBoost reads its own view of the data (missing
 values as NaN, categories natively), otherwise the NN study's matrix. Early stopping
-watches the validation loss, and so does the pruner, through
-``optuna_integration.XGBoostPruningCallback``.
+watches the validation loss, and so does the pruner, every round (:class:`_PruningCheck`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from typing import Any
 
 import optuna
 import xgboost as xgb
-from optuna_integration import XGBoostPruningCallback
 
 from hpo.data.dataset import Dataset
 from hpo.models.members import GBMMember
@@ -22,8 +20,9 @@ from hpo.models.threads import choose_threads
 from hpo.models.train import pick_device
 from hpo.spec import GBMSpace, StudySpec, Task
 from hpo.storage import stored
-from hpo.storage.backend import save_trial_results
+from hpo.storage.backend import save_trial_results, write_trial
 from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.reporting import Curve
 from hpo.studies.search_space import suggest
 from hpo.studies.study import ArtifactStore, Baseline, Family, PrunerSteps, TrialObjective
 
@@ -99,6 +98,19 @@ class _InterruptCheck(xgb.callback.TrainingCallback):
         return False
 
 
+class _PruningCheck(xgb.callback.TrainingCallback):
+    """``optuna_integration.XGBoostPruningCallback``, reporting through a :class:`Curve`:
+    the pruner sees every round, storage gets the rounds in a few writes."""
+
+    def __init__(self, curve: Curve, metric: str) -> None:
+        self.curve, self.metric = curve, metric
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        if self.curve.report(evals_log["validation"][self.metric][-1], epoch):
+            raise optuna.TrialPruned(f"Trial was pruned at iteration {epoch}.")
+        return False
+
+
 class GBMObjective(TrialObjective):
     """One trial: suggest, boost with early stopping and pruning, keep the model and metrics."""
 
@@ -138,7 +150,7 @@ class GBMObjective(TrialObjective):
             max_bin=self.spec.gbm.max_bin,
         )
         trial.set_user_attr(stored.DEVICE, self.device)
-        observed = f"validation-{EVAL_METRIC[self.data.task]}"
+        curve = Curve(trial)
         start = time.perf_counter()
         try:
             booster = xgb.train(
@@ -147,11 +159,12 @@ class GBMObjective(TrialObjective):
                 num_boost_round=params["n_estimators"],
                 evals=[(self.dval, "validation")],
                 early_stopping_rounds=self.spec.gbm.early_stopping_rounds,
-                callbacks=[_InterruptCheck(), XGBoostPruningCallback(trial, observed)],
+                callbacks=[_InterruptCheck(), _PruningCheck(curve, EVAL_METRIC[self.data.task])],
                 verbose_eval=False,
             )
         except optuna.TrialPruned as e:
-            trial.set_user_attr(stored.PRUNED_REASON, f"{e} (by {self.spec.pruner})")
+            reason = f"{e} (by {self.spec.pruner})"
+            write_trial(trial, {stored.PRUNED_REASON: reason}, curve.take())
             raise
         seconds = time.perf_counter() - start
         rounds_run = booster.num_boosted_rounds()
@@ -159,12 +172,12 @@ class GBMObjective(TrialObjective):
         val_loss = float(booster.best_score)
         # Keep only the trees up to the best round: the saved model then predicts as scored.
         model = GBMMember(trial.number, booster[: best_iteration + 1], self.data.task)
-        self._record(trial, model, val_loss, params, rounds_run, best_iteration, seconds)
+        self._record(curve, model, val_loss, params, rounds_run, best_iteration, seconds)
         return val_loss
 
     def _record(
         self,
-        trial: optuna.Trial,
+        curve: Curve,
         model: GBMMember,
         val_loss: float,
         params: dict[str, Any],
@@ -172,6 +185,7 @@ class GBMObjective(TrialObjective):
         best_iteration: int,
         seconds: float,
     ) -> None:
+        trial = curve.trial
         names = recorded_metrics(self.data.task, self.spec.metric)
         attrs: dict[str, Any] = {"val_loss": val_loss}
         for part in ("val", "test"):
@@ -187,7 +201,8 @@ class GBMObjective(TrialObjective):
             ),
         }
         name = f"gbm-trial-{trial.number}.ubj"
-        save_trial_results(trial, self.artifacts, name, bytes(model.to_bytes()), attrs)
+        model_bytes = bytes(model.to_bytes())
+        save_trial_results(trial, self.artifacts, name, model_bytes, attrs, curve=curve.take())
 
 
 class GBMFamily(Family):

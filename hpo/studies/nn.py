@@ -12,8 +12,9 @@ from hpo.models.threads import configure_threads
 from hpo.models.train import NonFiniteLoss, TrainResult, pick_device, train_mlp
 from hpo.spec import StudySpec
 from hpo.storage import stored
-from hpo.storage.backend import save_trial_results
+from hpo.storage.backend import save_trial_results, write_trial
 from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.reporting import Curve
 from hpo.studies.search_space import suggest
 from hpo.studies.study import Baseline, Family, PrunerSteps, TrialObjective
 
@@ -30,12 +31,13 @@ class NNObjective(TrialObjective):
         mlp = MLPSpec.from_params(params, trial.user_attrs.get(stored.LAYERS))
         trial.set_user_attr(stored.ARCHITECTURE, mlp.describe())
 
+        curve = Curve(trial)  # pruned every epoch, written in few transactions
+
         def report(epoch: int, val_loss: float) -> None:
             INTERRUPTS.check()  # a Ctrl-C that Python dropped in a finalizer ends the trial here
-            trial.report(val_loss, epoch)
-            if trial.should_prune():
+            if curve.report(val_loss, epoch):
                 self._record_stop(
-                    trial, epoch + 1, f"pruned by {self.spec.pruner} at epoch {epoch}"
+                    curve, epoch + 1, f"pruned by {self.spec.pruner} at epoch {epoch}"
                 )
                 raise optuna.TrialPruned(f"val_loss {val_loss:.4g} at epoch {epoch}")
 
@@ -51,17 +53,23 @@ class NNObjective(TrialObjective):
                 metric=self.spec.metric,
             )
         except NonFiniteLoss as e:
-            self._record_stop(trial, e.epoch + 1, str(e))
+            self._record_stop(curve, e.epoch + 1, str(e))
             raise optuna.TrialPruned(str(e)) from None
-        self._record(trial, mlp, result)
+        self._record(curve, mlp, result)
         return result.val_loss
 
-    def _record_stop(self, trial: optuna.Trial, epochs_run: int, reason: str) -> None:
-        trial.set_user_attr(stored.PRUNED_REASON, reason)
-        trial.set_user_attr(stored.EPOCHS_RUN, epochs_run)
-        trial.set_user_attr(stored.DEVICE, self.device)
+    def _record_stop(self, curve: Curve, epochs_run: int, reason: str) -> None:
+        """Why and when the trial stopped early, with its curve: one transaction."""
+        attrs = {
+            stored.PRUNED_REASON: reason,
+            stored.EPOCHS_RUN: epochs_run,
+            stored.DEVICE: self.device,
+        }
+        write_trial(curve.trial, attrs, curve.take())
 
-    def _record(self, trial: optuna.Trial, mlp: MLPSpec, result: TrainResult) -> None:
+    def _record(self, curve: Curve, mlp: MLPSpec, result: TrainResult) -> None:
+        """The trained model's file, metrics and curve (one transaction besides the file)."""
+        trial = curve.trial
         attrs: dict[str, Any] = {
             "val_loss": result.val_loss,
             **result.metrics,
@@ -75,7 +83,8 @@ class NNObjective(TrialObjective):
         # safetensors, as in a bundle: loading it runs no pickle (old studies hold .pt files).
         weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
         name = f"nn-trial-{trial.number}.safetensors"
-        save_trial_results(trial, self.artifacts, name, safetensors.torch.save(weights), attrs)
+        model_bytes = safetensors.torch.save(weights)
+        save_trial_results(trial, self.artifacts, name, model_bytes, attrs, curve=curve.take())
 
 
 class NNFamily(Family):
