@@ -6,6 +6,7 @@ One code path for every URL: SQLite by default (one machine), PostgreSQL or MySQ
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import socket
@@ -18,8 +19,9 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.storages._rdb.models import TrialUserAttributeModel
+from optuna.storages._rdb.models import TrialModel, TrialUserAttributeModel
 from optuna.storages._rdb.storage import _create_scoped_session as _rdb_scoped_session
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -244,6 +246,27 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         known = f"; studies here: {', '.join(names)}" if names else "; the storage has no studies"
         raise HpoError(f"no study named {name!r}{known}") from None
+
+
+def trial_state_counts(
+    storage: optuna.storages.BaseStorage, study_id: int
+) -> collections.Counter[TrialState]:
+    """How many of the study's trials are in each state.
+
+    One COUNT query on a database: reading every trial, as Optuna's ``get_all_trials`` does,
+    grows with the study, and workers count before every trial (at 1000 trials that read
+    took longer than a digits trial).
+    """
+    database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
+    if isinstance(database, optuna.storages.RDBStorage):
+        query = (
+            sqlalchemy.select(TrialModel.state, sqlalchemy.func.count())
+            .where(TrialModel.study_id == study_id)
+            .group_by(TrialModel.state)
+        )
+        with database.engine.connect() as connection:
+            return collections.Counter(dict(connection.execute(query).tuples().all()))
+    return collections.Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
 
 
 def save_trial_results(
