@@ -37,10 +37,6 @@ def trainer_throughput(r: dict[str, Any]) -> list[str]:
 def optuna_overhead(r: dict[str, Any]) -> list[str]:
     if "runs" not in r:  # written before the runs compared checkouts
         r = {**r, "runs": [{"hpo": "", **r}]}
-        for row in r["runs"][0]["rows"]:
-            row.setdefault(
-                "share_of_digits_trial_at_max", row.get("fraction_of_digits_trial_at_max")
-            )
     keys = [k for k in r["runs"][0]["rows"][0] if k.startswith("ms_per_trial_at_")]
     steps = [k.rsplit("_", 1)[1] for k in keys]
     lines = [
@@ -56,9 +52,7 @@ def optuna_overhead(r: dict[str, Any]) -> list[str]:
         for row in run["rows"]:
             cells = []
             for n in steps:
-                share = row.get(
-                    f"share_of_digits_trial_at_{n}", row.get("share_of_digits_trial_at_max")
-                )
+                share = row[f"ms_per_trial_at_{n}"] / run["digits_median_trial_ms"]
                 commits = row.get(f"commits_per_trial_at_{n}", "")
                 cells += [str(row[f"ms_per_trial_at_{n}"]), str(commits), f"{share:.1%}"]
             lines.append(
