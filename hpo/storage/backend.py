@@ -7,6 +7,7 @@ One code path for every URL: SQLite by default (one machine), PostgreSQL or MySQ
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import socket
@@ -19,9 +20,14 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.storages._rdb.models import TrialModel, TrialUserAttributeModel
+from optuna.storages._rdb.models import (
+    TrialIntermediateValueModel,
+    TrialModel,
+    TrialUserAttributeModel,
+)
 from optuna.storages._rdb.storage import _create_scoped_session as _rdb_scoped_session
 from optuna.trial import TrialState
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -40,6 +46,8 @@ SQLITE_BUSY_TIMEOUT_S = 60  # writers wait this long for the lock instead of fai
 # (".pt" -> application/vnd.snesdev-page-table).
 MODEL_MIMETYPE = "application/octet-stream"
 CONNECT_TIMEOUT_S = 5  # a wrong host fails within seconds, not minutes
+# Insert-or-replace in one statement, per database (as Optuna writes attrs).
+UPSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 def storage_url(url: str | None = None) -> str:
@@ -265,7 +273,7 @@ def trial_state_counts(
             .group_by(TrialModel.state)
         )
         with database.engine.connect() as connection:
-            return collections.Counter(dict(connection.execute(query).tuples().all()))
+            return collections.Counter({state: n for state, n in connection.execute(query)})
     return collections.Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
 
 
@@ -294,28 +302,20 @@ def save_trial_results(
 def write_trial(
     trial: optuna.Trial, attrs: dict[str, Any], curve: dict[int, float] | None = None
 ) -> None:
-    """Set a running trial's user ``attrs`` and intermediate values (``curve``, step ->
+    """Set a running trial's user ``attrs`` and new intermediate values (``curve``, step ->
     value), in one transaction where the storage is a database.
 
-    Optuna commits each attr and each value on its own: a trial's ~10 attrs and its
-    per-epoch values made most of its storage cost (benchmarks/optuna_overhead.py). Here
-    Optuna's own per-row writes (the same checks: the trial exists and is still running)
-    share one session. Other storages (in memory, the gRPC proxy) take them one by one.
+    Optuna writes each attr and each value in a transaction of its own, with three
+    statements each: a trial's ~10 attrs and its per-epoch values made most of its storage
+    cost (benchmarks/optuna_overhead.py). Here the trial is checked once (it exists and is
+    still running, as Optuna checks), then one multi-row statement writes the values and
+    one the attrs. Other storages (in memory, the gRPC proxy) take them one by one.
     """
     curve = curve or {}
     storage = trial.storage
     database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
     if isinstance(database, optuna.storages.RDBStorage):
-        trial_id = trial._trial_id
-        with _rdb_scoped_session(database.scoped_session) as session:
-            for step, value in curve.items():
-                database._set_trial_intermediate_value_without_commit(
-                    session, trial_id, step, value
-                )
-            for key, value in attrs.items():
-                database._set_trial_attr_without_commit(
-                    session, TrialUserAttributeModel, trial_id, key, value
-                )
+        _write_rows(database, trial._trial_id, attrs, curve)
     else:
         for step, value in curve.items():
             storage.set_trial_intermediate_value(trial._trial_id, step, value)
@@ -324,3 +324,47 @@ def write_trial(
     # What Trial.set_user_attr keeps in its cached copy (Trial.report keeps its values there
     # already, see hpo.studies.reporting).
     trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def _write_rows(
+    database: optuna.storages.RDBStorage,
+    trial_id: int,
+    attrs: dict[str, Any],
+    curve: dict[int, float],
+) -> None:
+    """:func:`write_trial` on Optuna's tables: new values are inserted (a step is written
+    once), attrs inserted or replaced, as Optuna's ``set_trial_user_attr`` does."""
+    values = []
+    for step, value in curve.items():
+        stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        values.append(
+            {
+                "trial_id": trial_id,
+                "step": step,
+                "intermediate_value": stored,
+                "intermediate_value_type": kind,
+            }
+        )
+    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    dialect = database.engine.name
+    with _rdb_scoped_session(database.scoped_session) as session:
+        trial = TrialModel.find_or_raise_by_id(trial_id, session)
+        state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
+        database.check_trial_is_updatable(trial_id, state)
+        if values:
+            session.execute(sqlalchemy.insert(TrialIntermediateValueModel), values)
+        if not rows:
+            return
+        if dialect in UPSERTS:
+            insert = UPSERTS[dialect](TrialUserAttributeModel).values(rows)
+            key = [TrialUserAttributeModel.trial_id, TrialUserAttributeModel.key]
+            session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=key, set_={"value_json": insert.excluded.value_json}
+                )
+            )
+        else:  # another database: Optuna's own write, row by row
+            for k, v in attrs.items():
+                database._set_trial_attr_without_commit(
+                    session, TrialUserAttributeModel, trial_id, k, v
+                )
