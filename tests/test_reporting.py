@@ -89,3 +89,7 @@ def test_a_slow_trials_curve_is_written_while_it_runs(
     curve.report(0.8, 1)
     assert fresh.get_trial(trial._trial_id).intermediate_values == {0: 0.9, 1: 0.8}
     assert trial.should_prune() is False and not curve.pending
+    with pytest.warns(UserWarning, match="reported already"):
+        curve.report(0.1, 1)  # as trial.report: the first value of a step stays
+    curve.flush()
+    assert fresh.get_trial(trial._trial_id).intermediate_values == {0: 0.9, 1: 0.8}

@@ -12,6 +12,7 @@ or when :data:`FLUSH_S` has passed, so a slow trial's curve stays live on the da
 from __future__ import annotations
 
 import time
+import warnings
 
 import optuna
 
@@ -35,10 +36,12 @@ class Curve:
         ``trial.report`` then ``trial.should_prune``, except that the value reaches storage
         with the trial's next write, at most :data:`FLUSH_S` later.
         """
-        value = float(value)
         # Where trial.report keeps it, and where should_prune reads the trial from.
-        self.trial._cached_frozen_trial.intermediate_values[step] = value
-        self.pending[step] = value
+        reported = self.trial._cached_frozen_trial.intermediate_values
+        if step in reported:  # as trial.report: the first value of a step stays
+            warnings.warn(f"step {step} was reported already: {value} is ignored", stacklevel=2)
+        else:
+            reported[step] = self.pending[step] = float(value)
         if time.monotonic() - self.written_at >= FLUSH_S:
             self.flush()
         return self.trial.should_prune()
