@@ -27,14 +27,16 @@ def curve_objective(trial: optuna.Trial) -> float:
 
 
 def run(pruner: optuna.pruners.BasePruner, min_resource: int) -> list[tuple[object, ...]]:
-    # Hyperband's brackets hash the study name: both runs use the same one.
+    # Hyperband's brackets hash the study name: both runs use the same one. TPE samples
+    # from the trial's bracket only (Optuna's _filter_study), so it sees the pruner's view.
+    sampler = optuna.samplers.TPESampler(seed=min_resource, n_startup_trials=10)
     study = optuna.create_study(
         study_name="same-name",
         storage=optuna.storages.InMemoryStorage(),
-        sampler=optuna.samplers.RandomSampler(seed=min_resource),
+        sampler=sampler,
         pruner=pruner,
     )
-    study.optimize(curve_objective, n_trials=120)
+    study.optimize(curve_objective, n_trials=80)
     return [(t.state, t.last_step, t.system_attrs) for t in study.trials]
 
 
@@ -45,7 +47,7 @@ def test_lean_hyperband_prunes_the_same_trials_at_the_same_steps(min_resource: i
     assert lean == plain
     states = [state for state, _, _ in plain]
     # Pruned at several rungs and complete ones too, so the comparison means something.
-    assert states.count(optuna.trial.TrialState.COMPLETE) >= 5
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 4
     assert len({step for state, step, _ in plain if state.name == "PRUNED"}) >= 3
 
 
