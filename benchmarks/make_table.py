@@ -43,19 +43,50 @@ def trainer_throughput(r: dict[str, Any]) -> list[str]:
 
 
 def optuna_overhead(r: dict[str, Any]) -> list[str]:
-    keys = [k for k in r["rows"][0] if k.startswith("ms_per_trial_at_")]
-    head = " | ".join(f"ms/trial at {k.rsplit('_', 1)[1]}" for k in keys)
+    if "runs" not in r:  # written before the runs compared checkouts
+        r = {**r, "runs": [{"hpo": "", **r}]}
+    keys = [k for k in r["runs"][0]["rows"][0] if k.startswith("ms_per_trial_at_")]
+    steps = [k.rsplit("_", 1)[1] for k in keys]
     lines = [
-        f"**Optuna overhead** (`python benchmarks/optuna_overhead.py`; sampler + storage per "
-        f"trial, no training; digits median trial {r['digits_median_trial_ms']} ms)",
+        "**Optuna overhead** (`python benchmarks/optuna_overhead.py`; an hpo NN trial of the "
+        "digits study through the worker loop, training replaced by a made-up curve)",
         "",
-        f"| storage | {head} | share of a digits trial (at the last) |",
-        "|---|" + "---:|" * (len(keys) + 1),
+        "| hpo | storage | digits median trial (ms) | "
+        + " | ".join(f"ms/trial at {n} | commits at {n} | share at {n}" for n in steps)
+        + " |",
+        "|---|---|" + "---:|" * (1 + 3 * len(steps)),
+    ]
+    for run in r["runs"]:
+        for row in run["rows"]:
+            cells = []
+            for n in steps:
+                share = row[f"ms_per_trial_at_{n}"] / run["digits_median_trial_ms"]
+                commits = row.get(f"commits_per_trial_at_{n}", "")
+                cells += [str(row[f"ms_per_trial_at_{n}"]), str(commits), f"{share:.1%}"]
+            lines.append(
+                f"| {run['hpo']} | {row['storage']} | {run['digits_median_trial_ms']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return lines
+
+
+def trials_per_hour(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Trials per hour** (`python benchmarks/trials_per_hour.py --nn-trials {r['nn_trials']} "
+        f"--gbm-trials {r['gbm_trials']}`; `hpo run` end to end on {r['storage']}, median of "
+        f"{r['repeats']})",
+        "",
+        "| workload | hpo | wall (s) | NN trials/h | NN speed-up | GBM trials/h | GBM speed-up "
+        "| same trials |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in r["rows"]:
-        cells = " | ".join(str(row[k]) for k in keys)
+        same = {True: "yes", False: "no"}.get(row.get("same_trials"), "")
         lines.append(
-            f"| {row['storage']} | {cells} | {row['fraction_of_digits_trial_at_max']:.1%} |"
+            f"| {row['workload']} | {row['checkout']} | {row['wall_s']} | "
+            f"{row['nn_trials_per_hour']:,} | {row.get('nn_speedup', '')} | "
+            f"{row['gbm_trials_per_hour']:,} | {row.get('gbm_speedup', '')} | {same} |"
         )
     return lines
 
@@ -193,6 +224,7 @@ def generic(r: dict[str, Any]) -> list[str]:
 FORMATS = {
     "trainer_throughput": trainer_throughput,
     "optuna_overhead": optuna_overhead,
+    "trials_per_hour": trials_per_hour,
     "search_efficiency": search_efficiency,
     "end_to_end": end_to_end,
     "workers_scaling": workers_scaling,

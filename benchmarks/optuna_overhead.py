@@ -1,85 +1,114 @@
 """Optuna's own cost per trial (sampler + storage), without any training.
 
-    python benchmarks/optuna_overhead.py [--trials 1000] [--postgres postgresql://...]
+    python benchmarks/optuna_overhead.py [--trials 1000] [--before /path/to/old/checkout]
 
-Each trial does what an hpo NN trial does to the study: suggests the full search space,
-reports a validation loss per epoch (checking the pruner each time), and sets the user
-attrs; the model is never trained. The time per trial around 100 and around 1000 finished
-trials is the overhead, compared with the median trial time of the digits study.
+Each trial is a real hpo NN trial of the digits study, run as ``hpo run`` runs it (the
+worker loop, the lock, the search space, pruning by Hyperband every epoch, its user attrs
+and model file), except that training is replaced by a made-up learning curve: what is
+left is what a trial costs besides training. The time per trial around 100 and around
+``--trials`` finished trials, and the database transactions (commits) and statements per
+trial, are compared with the median trial time of the digits study. ``--before`` measures
+another checkout's hpo first, in a subprocess, so both land in one table from one machine.
+PostgreSQL is the server the tests use, in a fresh database dropped afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
+import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import itertools
-
 from _common import REPO, write_result
 
+import hpo
+import hpo.studies.nn
+from hpo.data.dataset import load_dataset
+from hpo.models.mlp import build_mlp
+from hpo.models.train import TrainResult
 from hpo.spec import load_spec
-from hpo.storage.backend import mask_url, open_storage
-from hpo.studies.search_space import suggest
-from hpo.studies.study import PrunerSteps, make_pruner, make_sampler
+from hpo.storage.backend import mask_url, open_artifacts, open_storage
+from hpo.studies.nn import NN, NNObjective
+from hpo.studies.study import PrunerSteps, make_pruner, make_sampler, run_study
 
-EPOCHS = 30  # digits.yaml: one report per epoch
+SPEC = REPO / "studies" / "digits.yaml"
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
-def fake_objective(space):  # type: ignore[no-untyped-def]
-    def objective(trial: optuna.Trial) -> float:
-        params = suggest(trial, space)
-        loss = 1.0 / params["width"]
-        for epoch in range(EPOCHS):
-            trial.report(loss * (1 + 1 / (epoch + 1)), epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        for key in ("val_loss", "val_accuracy", "test_accuracy", "train_seconds", "epochs_run"):
-            trial.set_user_attr(key, loss)
-        return loss
-
-    return objective
+def fake_train_mlp(spec: Any, data: Any, *, epochs: int, on_epoch: Any, **_: Any) -> TrainResult:
+    """train_mlp's contract without the training: a falling curve that ranks by width."""
+    loss = 1.0 / spec.layers[0].width
+    history = []
+    for epoch in range(epochs):
+        history.append(loss * (1 + 1 / (epoch + 1)))
+        on_epoch(epoch, history[-1])
+    model = build_mlp(spec, data.n_features, data.n_outputs, data.embedding_sizes)
+    metrics = {"val_accuracy": 1 - loss, "test_accuracy": 1 - loss}
+    return TrainResult(model, history[-1], metrics, epochs, epochs - 1, 0.0, "cpu", history)
 
 
 def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
-    spec, _ = load_spec(REPO / "studies" / "digits.yaml")
+    spec, base = load_spec(SPEC)
+    # One name for every run: Hyperband draws brackets from it, so runs prune alike.
+    spec = spec.model_copy(update={"name": "overhead"})
+    data = load_dataset(spec.data, spec.task, base, spec.seed)
     storage = open_storage(
         url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period
     )
-    study = optuna.create_study(
-        storage=storage,
-        sampler=make_sampler(spec),
-        pruner=make_pruner(spec, PrunerSteps(EPOCHS)),
-        study_name=f"overhead-{time.time_ns()}",
+    counts: collections.Counter[str] = collections.Counter()
+    stamps: list[tuple[float, int, int]] = []  # time, commits, statements at each trial's end
+
+    def stamp(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        stamps.append((time.perf_counter(), counts["commit"], counts["statement"]))
+
+    engine = storage.engine
+    sqlalchemy.event.listen(engine, "commit", lambda conn: counts.update(["commit"]))
+    sqlalchemy.event.listen(
+        engine, "before_cursor_execute", lambda *args: counts.update(["statement"])
     )
-    stamps: list[float] = []
-    study.optimize(
-        fake_objective(spec.nn.search_space),
-        n_trials=trials,
-        callbacks=[lambda s, t: stamps.append(time.perf_counter())],
+    real_train = hpo.studies.nn.train_mlp
+    hpo.studies.nn.train_mlp = fake_train_mlp  # type: ignore[assignment]
+    try:
+        with tempfile.TemporaryDirectory() as artifacts:
+            run_study(
+                NN, spec, data, storage, open_artifacts(artifacts), n_trials=trials, on_trial=stamp
+            )
+    finally:
+        hpo.studies.nn.train_mlp = real_train
+    out: dict[str, float] = {}
+    for w in windows:  # the 20 trials before the w-th finished one: median time, mean counts
+        window = stamps[max(0, w - 21) : w]
+        per_trial = [b[0] - a[0] for a, b in itertools.pairwise(window)]
+        n = len(window) - 1
+        out[f"ms_per_trial_at_{w}"] = round(1000 * statistics.median(per_trial), 2)
+        out[f"commits_per_trial_at_{w}"] = round((window[-1][1] - window[0][1]) / n, 1)
+        out[f"statements_per_trial_at_{w}"] = round((window[-1][2] - window[0][2]) / n, 1)
+    states = collections.Counter(
+        t.state.name
+        for t in optuna.load_study(study_name=f"{spec.name}-nn", storage=storage).trials
     )
-    per_trial = [b - a for a, b in itertools.pairwise(stamps)]
-    out = {}
-    for w in windows:  # the median of the 20 trials before the w-th finished one
-        window = per_trial[max(0, w - 21) : w - 1]
-        out[f"ms_per_trial_at_{w}"] = round(1000 * statistics.median(window), 2)
-    optuna.delete_study(study_name=study.study_name, storage=storage)
+    out["pruned_share"] = round(states["PRUNED"] / sum(states.values()), 3)
     return out
 
 
 def digits_median_trial_s() -> float:
     """Median wall time of real digits trials (train + Optuna), from a short run."""
-    from hpo.data.dataset import load_dataset
-    from hpo.storage.backend import open_artifacts
-    from hpo.studies.nn import NNObjective
-
-    spec, base = load_spec(REPO / "studies" / "digits.yaml")
+    spec, base = load_spec(SPEC)
     data = load_dataset(spec.data, spec.task, base, spec.seed)
     with tempfile.TemporaryDirectory() as tmp:
         study = optuna.create_study(
@@ -92,30 +121,81 @@ def digits_median_trial_s() -> float:
     return statistics.median(durations)
 
 
+@contextmanager
+def fresh_postgres_database(server: str | None) -> Iterator[str]:
+    """A new database on the tests' server (or the URL given), dropped at the end."""
+    if server:
+        yield server
+        return
+    import psycopg
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import _start_postgres_if_down  # the server, started as the tests start it
+
+    _start_postgres_if_down()
+    name = f"hpo_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def measure_all(trials: int, postgres: str | None) -> dict[str, Any]:
+    """Both storages for the hpo that ``import hpo`` finds."""
+    windows = [100, trials]
+    trial_s = digits_median_trial_s()
+    print(f"{hpo.__file__}: digits median trial {trial_s * 1000:.0f} ms")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, fresh_postgres_database(postgres) as pg:
+        for name, url in (("sqlite", f"sqlite:///{tmp}/overhead.db"), ("postgresql", pg)):
+            row: dict[str, Any] = {"storage": name, "url": mask_url(url)}
+            row |= measure(url, trials, windows)
+            for w in windows:
+                row[f"share_of_digits_trial_at_{w}"] = round(
+                    row[f"ms_per_trial_at_{w}"] / 1000 / trial_s, 4
+                )
+            print(row)
+            rows.append(row)
+    return {"digits_median_trial_ms": round(trial_s * 1000, 1), "rows": rows}
+
+
+def checkout_label(path: Path) -> str:
+    """A checkout's commit (with its path), for the table."""
+    found = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return f"{found.stdout.strip() or '?'} ({path})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--postgres", help="a PostgreSQL URL (default: a fresh database)")
+    parser.add_argument("--before", type=Path, help="another checkout to measure first")
+    parser.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)  # for --before
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    windows = [100, args.trials]
-    trial_s = digits_median_trial_s()
-    print(f"digits median trial: {trial_s * 1000:.0f} ms")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, url in (
-            ("sqlite", f"sqlite:///{tmp}/overhead.db"),
-            ("postgresql", args.postgres),
-        ):
-            row = {"storage": name, "url": mask_url(url), **measure(url, args.trials, windows)}
-            row["fraction_of_digits_trial_at_max"] = round(
-                row[f"ms_per_trial_at_{args.trials}"] / 1000 / trial_s, 4
+    runs = []
+    if args.before:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "before.json"
+            command = [sys.executable, __file__, "--trials", str(args.trials), "--json-out"]
+            if args.postgres:
+                command += ["--postgres", args.postgres]
+            env = {**os.environ, "PYTHONPATH": str(args.before.resolve())}
+            subprocess.run([*command, str(out)], env=env, check=True)
+            runs.append(
+                {"hpo": checkout_label(args.before.resolve()), **json.loads(out.read_text())}
             )
-            print(row)
-            rows.append(row)
-    write_result(
-        "optuna_overhead", {"digits_median_trial_ms": round(trial_s * 1000, 1), "rows": rows}
-    )
+    now = measure_all(args.trials, args.postgres)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(now))
+        return
+    runs.append({"hpo": checkout_label(Path(hpo.__file__).resolve().parent.parent), **now})
+    write_result("optuna_overhead", {"trials": args.trials, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ One code path for every URL: SQLite by default (one machine), PostgreSQL or MySQ
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import re
 import socket
@@ -18,6 +20,14 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.storages._rdb.models import (
+    TrialIntermediateValueModel,
+    TrialModel,
+    TrialUserAttributeModel,
+)
+from optuna.storages._rdb.storage import _create_scoped_session as _rdb_scoped_session
+from optuna.trial import TrialState
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -36,6 +46,8 @@ SQLITE_BUSY_TIMEOUT_S = 60  # writers wait this long for the lock instead of fai
 # (".pt" -> application/vnd.snesdev-page-table).
 MODEL_MIMETYPE = "application/octet-stream"
 CONNECT_TIMEOUT_S = 5  # a wrong host fails within seconds, not minutes
+# Insert-or-replace in one statement, per database (as Optuna writes attrs).
+UPSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 def storage_url(url: str | None = None) -> str:
@@ -244,6 +256,27 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
         raise HpoError(f"no study named {name!r}{known}") from None
 
 
+def trial_state_counts(
+    storage: optuna.storages.BaseStorage, study_id: int
+) -> collections.Counter[TrialState]:
+    """How many of the study's trials are in each state.
+
+    One COUNT query on a database: reading every trial, as Optuna's ``get_all_trials`` does,
+    grows with the study, and workers count before every trial (at 1000 trials that read
+    took longer than a digits trial).
+    """
+    database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
+    if isinstance(database, optuna.storages.RDBStorage):
+        query = (
+            sqlalchemy.select(TrialModel.state, sqlalchemy.func.count())
+            .where(TrialModel.study_id == study_id)
+            .group_by(TrialModel.state)
+        )
+        with database.engine.connect() as connection:
+            return collections.Counter({state: n for state, n in connection.execute(query)})
+    return collections.Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
+
+
 def save_trial_results(
     trial: optuna.Trial,
     artifacts: FileSystemArtifactStore,
@@ -251,14 +284,87 @@ def save_trial_results(
     model_bytes: bytes,
     attrs: dict[str, Any],
     mimetype: str = MODEL_MIMETYPE,
+    *,
+    curve: dict[int, float] | None = None,
 ) -> None:
     """Upload a trial's model file to the artifact store, then write its user attrs
-    (``artifact_id`` among them): the attrs never name a file that is not there."""
+    (``artifact_id`` among them) and the learning ``curve`` not yet written (step ->
+    intermediate value) in one transaction: the attrs never name a file that is not there."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / filename
         path.write_bytes(model_bytes)
         artifact_id = upload_artifact(
             artifact_store=artifacts, file_path=str(path), study_or_trial=trial, mimetype=mimetype
         )
-    for key, value in {**attrs, ARTIFACT_ID: artifact_id}.items():
-        trial.set_user_attr(key, value)
+    write_trial(trial, {**attrs, ARTIFACT_ID: artifact_id}, curve)
+
+
+def write_trial(
+    trial: optuna.Trial, attrs: dict[str, Any], curve: dict[int, float] | None = None
+) -> None:
+    """Set a running trial's user ``attrs`` and new intermediate values (``curve``, step ->
+    value), in one transaction where the storage is a database.
+
+    Optuna writes each attr and each value in a transaction of its own, with three
+    statements each: a trial's ~10 attrs and its per-epoch values made most of its storage
+    cost (benchmarks/optuna_overhead.py). Here the trial is checked once (it exists and is
+    still running, as Optuna checks), then one multi-row statement writes the values and
+    one the attrs. Other storages (in memory, the gRPC proxy) take them one by one.
+    """
+    curve = curve or {}
+    storage = trial.storage
+    database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
+    if isinstance(database, optuna.storages.RDBStorage):
+        _write_rows(database, trial._trial_id, attrs, curve)
+    else:
+        for step, value in curve.items():
+            storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+    # What Trial.set_user_attr keeps in its cached copy (Trial.report keeps its values there
+    # already, see hpo.studies.reporting).
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def _write_rows(
+    database: optuna.storages.RDBStorage,
+    trial_id: int,
+    attrs: dict[str, Any],
+    curve: dict[int, float],
+) -> None:
+    """:func:`write_trial` on Optuna's tables: new values are inserted (a step is written
+    once), attrs inserted or replaced, as Optuna's ``set_trial_user_attr`` does."""
+    values = []
+    for step, value in curve.items():
+        stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        values.append(
+            {
+                "trial_id": trial_id,
+                "step": step,
+                "intermediate_value": stored,
+                "intermediate_value_type": kind,
+            }
+        )
+    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    dialect = database.engine.name
+    with _rdb_scoped_session(database.scoped_session) as session:
+        trial = TrialModel.find_or_raise_by_id(trial_id, session)
+        state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
+        database.check_trial_is_updatable(trial_id, state)
+        if values:
+            session.execute(sqlalchemy.insert(TrialIntermediateValueModel), values)
+        if not rows:
+            return
+        if dialect in UPSERTS:
+            insert = UPSERTS[dialect](TrialUserAttributeModel).values(rows)
+            key = [TrialUserAttributeModel.trial_id, TrialUserAttributeModel.key]
+            session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=key, set_={"value_json": insert.excluded.value_json}
+                )
+            )
+        else:  # another database: Optuna's own write, row by row
+            for k, v in attrs.items():
+                database._set_trial_attr_without_commit(
+                    session, TrialUserAttributeModel, trial_id, k, v
+                )

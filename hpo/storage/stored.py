@@ -28,7 +28,7 @@ from hpo.models.metrics import (
 )
 from hpo.spec import GBMSpace, NNSpace, StudySpec
 from hpo.storage.backend import ARTIFACT_ID as ARTIFACT_ID  # the trial's model file
-from hpo.storage.backend import load_study
+from hpo.storage.backend import load_study, trial_state_counts
 
 if TYPE_CHECKING:
     from hpo.data.dataset import Dataset
@@ -120,15 +120,15 @@ def count_trials(storage: optuna.storages.BaseStorage, name: str) -> TrialCounts
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return TrialCounts()
-    states = [t.state for t in storage.get_all_trials(study_id, deepcopy=False)]
+    states = trial_state_counts(storage, study_id)
     try:
         best = storage.get_best_trial(study_id).value
     except ValueError:
         best = None
     return TrialCounts(
-        complete=states.count(TrialState.COMPLETE),
-        pruned=states.count(TrialState.PRUNED),
-        running=states.count(TrialState.RUNNING),
+        complete=states[TrialState.COMPLETE],
+        pruned=states[TrialState.PRUNED],
+        running=states[TrialState.RUNNING],
         best=best,
     )
 

@@ -30,7 +30,7 @@ from optuna.artifacts import upload_artifact
 from hpo.data.dataset import Dataset
 from hpo.models.metrics import MetricName, recorded_metrics, scores, validation_loss
 from hpo.storage import stored
-from hpo.storage.backend import MODEL_MIMETYPE, FileSystemArtifactStore
+from hpo.storage.backend import MODEL_MIMETYPE, FileSystemArtifactStore, write_trial
 
 
 def out_of_fold(data: Dataset, fold_predictions: list[np.ndarray]) -> np.ndarray:
@@ -72,19 +72,21 @@ def save_fold_results(
     fold_files: list[tuple[str, bytes]],
     oof: np.ndarray,
     attrs: dict[str, Any],
+    *,
+    curve: dict[int, float] | None = None,
 ) -> None:
-    """Upload the K fold models and the OOF predictions, then write the trial's attrs: the
-    attrs never name a file that is not there (as :func:`save_trial_results`)."""
+    """Upload the K fold models and the OOF predictions, then write the trial's attrs and
+    the ``curve`` not yet written, in one transaction: the attrs never name a file that is
+    not there (as :func:`save_trial_results`)."""
     fold_ids = [_upload(trial, artifacts, name, raw) for name, raw in fold_files]
     oof_id = _upload(trial, artifacts, f"oof-trial-{trial.number}.npy", npy_bytes(oof))
-    for key, value in {
-        **attrs,
+    files = {
         stored.FOLDS: len(fold_files),
         stored.FOLD_ARTIFACT_IDS: fold_ids,
         stored.OOF_ARTIFACT_ID: oof_id,
         stored.ARTIFACT_ID: fold_ids[0],
-    }.items():
-        trial.set_user_attr(key, value)
+    }
+    write_trial(trial, {**attrs, **files}, curve)
 
 
 def _upload(

@@ -2,10 +2,9 @@
 
 Same splits as the NN study; on a table XGBoost reads its own view of the data (missing
 values as NaN, categories natively), otherwise the NN study's matrix. Early stopping
-watches the validation loss, and so does the pruner, through
-``optuna_integration.XGBoostPruningCallback``. With ``data.validation: {kfold: K}`` a
-trial boosts one model per fold (:mod:`hpo.studies.folds`); fold 0's rounds are the
-pruner's curve.
+watches the validation loss, and so does the pruner, every round (:class:`_PruningCheck`).
+With ``data.validation: {kfold: K}`` a trial boosts one model per fold
+(:mod:`hpo.studies.folds`); fold 0's rounds are the pruner's curve.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from typing import Any
 import numpy as np
 import optuna
 import xgboost as xgb
-from optuna_integration import XGBoostPruningCallback
 
 from hpo.data.dataset import Dataset
 from hpo.models.members import GBMMember
@@ -25,9 +23,10 @@ from hpo.models.threads import choose_threads
 from hpo.models.train import pick_device
 from hpo.spec import GBMSpace, StudySpec, Task
 from hpo.storage import stored
-from hpo.storage.backend import save_trial_results
+from hpo.storage.backend import save_trial_results, write_trial
 from hpo.studies.folds import fold_scores, out_of_fold, save_fold_results
 from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.reporting import Curve
 from hpo.studies.search_space import suggest
 from hpo.studies.study import ArtifactStore, Baseline, Family, PrunerSteps, TrialObjective
 
@@ -103,6 +102,19 @@ class _InterruptCheck(xgb.callback.TrainingCallback):
         return False
 
 
+class _PruningCheck(xgb.callback.TrainingCallback):
+    """``optuna_integration.XGBoostPruningCallback``, reporting through a :class:`Curve`:
+    the pruner sees every round, storage gets the rounds in a few writes."""
+
+    def __init__(self, curve: Curve, metric: str) -> None:
+        self.curve, self.metric = curve, metric
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        if self.curve.report(evals_log["validation"][self.metric][-1], epoch):
+            raise optuna.TrialPruned(f"Trial was pruned at iteration {epoch}.")
+        return False
+
+
 class GBMObjective(TrialObjective):
     """One trial: suggest, boost with early stopping and pruning, keep the model and metrics."""
 
@@ -131,22 +143,23 @@ class GBMObjective(TrialObjective):
             max_bin=self.spec.gbm.max_bin,
         )
         trial.set_user_attr(stored.DEVICE, self.device)
+        curve = Curve(trial)  # pruned every round, written in few transactions
         if self.data.n_folds:
-            return self._run_folds(trial, params, booster_params)
+            return self._run_folds(curve, params, booster_params)
         start = time.perf_counter()
-        booster = self._boost(trial, params, booster_params, self.dtrain, self.dval, prune=True)
+        booster = self._boost(curve, params, booster_params, self.dtrain, self.dval, prune=True)
         seconds = time.perf_counter() - start
         rounds_run = booster.num_boosted_rounds()
         best_iteration = int(booster.best_iteration)
         val_loss = float(booster.best_score)
         # Keep only the trees up to the best round: the saved model then predicts as scored.
         model = GBMMember(trial.number, booster[: best_iteration + 1], self.data.task)
-        self._record(trial, model, val_loss, params, rounds_run, best_iteration, seconds)
+        self._record(curve, model, val_loss, params, rounds_run, best_iteration, seconds)
         return val_loss
 
     def _boost(
         self,
-        trial: optuna.Trial,
+        curve: Curve,
         params: dict[str, Any],
         booster_params: dict[str, Any],
         dtrain: xgb.DMatrix,
@@ -155,10 +168,9 @@ class GBMObjective(TrialObjective):
         prune: bool,
     ) -> xgb.Booster:
         """Boost with early stopping on ``dval``; with ``prune``, each round goes to the pruner."""
-        observed = f"validation-{EVAL_METRIC[self.data.task]}"
         callbacks: list[xgb.callback.TrainingCallback] = [_InterruptCheck()]
         if prune:
-            callbacks.append(XGBoostPruningCallback(trial, observed))
+            callbacks.append(_PruningCheck(curve, EVAL_METRIC[self.data.task]))
         try:
             return xgb.train(
                 booster_params,
@@ -170,22 +182,24 @@ class GBMObjective(TrialObjective):
                 verbose_eval=False,
             )
         except optuna.TrialPruned as e:
-            trial.set_user_attr(stored.PRUNED_REASON, f"{e} (by {self.spec.pruner})")
+            reason = f"{e} (by {self.spec.pruner})"
+            write_trial(curve.trial, {stored.PRUNED_REASON: reason}, curve.take())
             raise
 
     def _run_folds(
-        self, trial: optuna.Trial, params: dict[str, Any], booster_params: dict[str, Any]
+        self, curve: Curve, params: dict[str, Any], booster_params: dict[str, Any]
     ) -> float:
         """K boosters, fold 0 first and alone on the pruner's curve; the objective is the
         out-of-fold loss over every non-test row (see :mod:`hpo.studies.folds`)."""
         start = time.perf_counter()
+        number = curve.trial.number
         models: list[GBMMember] = []
         val_preds: list[np.ndarray] = []
         test_preds: list[np.ndarray] = []
         for k, (dtrain, dval) in enumerate(self.matrices):
             fold_params = booster_params | {"seed": self.spec.seed + k}
-            booster = self._boost(trial, params, fold_params, dtrain, dval, prune=k == 0)
-            model = GBMMember(trial.number, booster[: booster.best_iteration + 1], self.data.task)
+            booster = self._boost(curve, params, fold_params, dtrain, dval, prune=k == 0)
+            model = GBMMember(number, booster[: booster.best_iteration + 1], self.data.task)
             view = self.data.fold(k)
             val_preds.append(model.predict(view.view("gbm", "val")))
             test_preds.append(model.predict(view.view("gbm", "test")))
@@ -206,15 +220,14 @@ class GBMObjective(TrialObjective):
                 f"depth {params['max_depth']}"
             ),
         }
-        files = [
-            (f"gbm-trial-{trial.number}-fold{k}.ubj", m.to_bytes()) for k, m in enumerate(models)
-        ]
-        save_fold_results(trial, self.artifacts, files, oof, attrs)
+        number = curve.trial.number
+        files = [(f"gbm-trial-{number}-fold{k}.ubj", m.to_bytes()) for k, m in enumerate(models)]
+        save_fold_results(curve.trial, self.artifacts, files, oof, attrs, curve=curve.take())
         return objective
 
     def _record(
         self,
-        trial: optuna.Trial,
+        curve: Curve,
         model: GBMMember,
         val_loss: float,
         params: dict[str, Any],
@@ -222,6 +235,7 @@ class GBMObjective(TrialObjective):
         best_iteration: int,
         seconds: float,
     ) -> None:
+        trial = curve.trial
         names = recorded_metrics(self.data.task, self.spec.metric)
         attrs: dict[str, Any] = {"val_loss": val_loss}
         for part in ("val", "test"):
@@ -237,7 +251,8 @@ class GBMObjective(TrialObjective):
             ),
         }
         name = f"gbm-trial-{trial.number}.ubj"
-        save_trial_results(trial, self.artifacts, name, bytes(model.to_bytes()), attrs)
+        model_bytes = bytes(model.to_bytes())
+        save_trial_results(trial, self.artifacts, name, model_bytes, attrs, curve=curve.take())
 
 
 def _matrices(data: Dataset, max_bin: int) -> tuple[xgb.DMatrix, xgb.DMatrix]:

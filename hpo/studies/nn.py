@@ -22,7 +22,7 @@ from hpo.models.train import (
 )
 from hpo.spec import StudySpec
 from hpo.storage import stored
-from hpo.storage.backend import save_trial_results
+from hpo.storage.backend import save_trial_results, write_trial
 from hpo.studies.defaults import (
     BASELINE_NAME,
     REALMLP_TD,
@@ -32,6 +32,7 @@ from hpo.studies.defaults import (
 )
 from hpo.studies.folds import fold_scores, out_of_fold, save_fold_results
 from hpo.studies.parallel import INTERRUPTS
+from hpo.studies.reporting import Curve
 from hpo.studies.search_space import suggest
 from hpo.studies.study import Baseline, Family, PrunerSteps, TrialObjective
 
@@ -47,14 +48,15 @@ class NNObjective(TrialObjective):
         # An enqueued hand-built baseline carries explicit layers in its user attrs.
         mlp = MLPSpec.from_params(params, trial.user_attrs.get(stored.LAYERS))
         trial.set_user_attr(stored.ARCHITECTURE, mlp.describe())
+        curve = Curve(trial)  # pruned every epoch, written in few transactions
         if self.data.n_folds:
-            return self._run_folds(trial, mlp)
-        result = self._train(trial, mlp, self.data, prune=True)
-        self._record(trial, mlp, result)
+            return self._run_folds(curve, mlp)
+        result = self._train(curve, mlp, self.data, prune=True)
+        self._record(curve, mlp, result)
         return result.val_loss
 
     def _train(
-        self, trial: optuna.Trial, mlp: MLPSpec, data: Dataset, *, prune: bool, fold: int = 0
+        self, curve: Curve, mlp: MLPSpec, data: Dataset, *, prune: bool, fold: int = 0
     ) -> TrainResult:
         """Train on ``data``; with ``prune``, report each epoch and let the pruner stop it."""
 
@@ -62,11 +64,10 @@ class NNObjective(TrialObjective):
             INTERRUPTS.check()  # a Ctrl-C that Python dropped in a finalizer ends the trial here
             if not prune:
                 return
-            trial.report(val_loss, epoch)
             # After the last epoch there is nothing left to save: the trial completes.
-            if epoch + 1 < self.spec.nn.epochs and trial.should_prune():
+            if curve.report(val_loss, epoch) and epoch + 1 < self.spec.nn.epochs:
                 self._record_stop(
-                    trial, epoch + 1, f"pruned by {self.spec.pruner} at epoch {epoch}"
+                    curve, epoch + 1, f"pruned by {self.spec.pruner} at epoch {epoch}"
                 )
                 raise optuna.TrialPruned(f"val_loss {val_loss:.4g} at epoch {epoch}")
 
@@ -83,10 +84,10 @@ class NNObjective(TrialObjective):
             )
         except NonFiniteLoss as e:
             where = f" of fold {fold}" if self.data.n_folds else ""
-            self._record_stop(trial, e.epoch + 1, f"{e}{where}")
+            self._record_stop(curve, e.epoch + 1, f"{e}{where}")
             raise optuna.TrialPruned(str(e)) from None
 
-    def _run_folds(self, trial: optuna.Trial, mlp: MLPSpec) -> float:
+    def _run_folds(self, curve: Curve, mlp: MLPSpec) -> float:
         """K models, fold 0 first and alone on the pruner's curve; the objective is the
         out-of-fold loss over every non-test row (see :mod:`hpo.studies.folds`)."""
         results: list[TrainResult] = []
@@ -94,7 +95,7 @@ class NNObjective(TrialObjective):
         test_preds: list[np.ndarray] = []
         for k in range(self.data.n_folds):
             view = self.data.fold(k)
-            result = self._train(trial, mlp, view, prune=k == 0, fold=k)
+            result = self._train(curve, mlp, view, prune=k == 0, fold=k)
             t = view.tensors(result.device)
             for part, preds in (("val", val_preds), ("test", test_preds)):
                 out = predict_raw(result.model, t[f"{part}_x"])
@@ -120,19 +121,25 @@ class NNObjective(TrialObjective):
             stored.MLP_SPEC: mlp.to_dict(),
             stored.ARTIFACT_FORMAT: "safetensors",
         }
+        number = curve.trial.number
         files = [
-            (f"nn-trial-{trial.number}-fold{k}.safetensors", _weights(r))
-            for k, r in enumerate(results)
+            (f"nn-trial-{number}-fold{k}.safetensors", _weights(r)) for k, r in enumerate(results)
         ]
-        save_fold_results(trial, self.artifacts, files, oof, attrs)
+        save_fold_results(curve.trial, self.artifacts, files, oof, attrs, curve=curve.take())
         return objective
 
-    def _record_stop(self, trial: optuna.Trial, epochs_run: int, reason: str) -> None:
-        trial.set_user_attr(stored.PRUNED_REASON, reason)
-        trial.set_user_attr(stored.EPOCHS_RUN, epochs_run)
-        trial.set_user_attr(stored.DEVICE, self.device)
+    def _record_stop(self, curve: Curve, epochs_run: int, reason: str) -> None:
+        """Why and when the trial stopped early, with its curve: one transaction."""
+        attrs = {
+            stored.PRUNED_REASON: reason,
+            stored.EPOCHS_RUN: epochs_run,
+            stored.DEVICE: self.device,
+        }
+        write_trial(curve.trial, attrs, curve.take())
 
-    def _record(self, trial: optuna.Trial, mlp: MLPSpec, result: TrainResult) -> None:
+    def _record(self, curve: Curve, mlp: MLPSpec, result: TrainResult) -> None:
+        """The trained model's file, metrics and curve (one transaction besides the file)."""
+        trial = curve.trial
         attrs: dict[str, Any] = {
             "val_loss": result.val_loss,
             **result.metrics,
@@ -150,7 +157,7 @@ class NNObjective(TrialObjective):
             stored.ARTIFACT_FORMAT: "safetensors",
         }
         name = f"nn-trial-{trial.number}.safetensors"
-        save_trial_results(trial, self.artifacts, name, _weights(result), attrs)
+        save_trial_results(trial, self.artifacts, name, _weights(result), attrs, curve=curve.take())
 
 
 def _weights(result: TrainResult) -> bytes:

@@ -27,6 +27,7 @@ from hpo.storage import stored
 from hpo.storage.locks import study_lock
 from hpo.storage.stored import Kind
 from hpo.studies.parallel import create_or_load, optimize_to_target
+from hpo.studies.pruning import LeanHyperbandPruner
 from hpo.studies.resume import spec_attrs
 
 Objective = Callable[[optuna.Trial], float]
@@ -156,9 +157,8 @@ def make_pruner(spec: StudySpec, steps: PrunerSteps) -> optuna.pruners.BasePrune
     """The spec's pruner over ``steps`` (epochs, or boosting rounds)."""
     match spec.pruner:
         case "hyperband":
-            return optuna.pruners.HyperbandPruner(
-                min_resource=steps.min_steps, max_resource=steps.max_steps
-            )
+            # Optuna's Hyperband, asking storage only where it can prune (same decisions).
+            return LeanHyperbandPruner(min_resource=steps.min_steps, max_resource=steps.max_steps)
         case "median":
             return optuna.pruners.MedianPruner(
                 n_startup_trials=5, n_warmup_steps=steps.warmup_steps
