@@ -216,7 +216,7 @@ def tabular_suite(r: dict[str, Any]) -> list[str]:
     models = [m for m in TABULAR_MODELS if any(m in s for s in means.values())]
     datasets = [d for d in r["datasets"] if d in means]
     budgets = sorted({row["budget_s"] for row in r["results"] if "budget_s" in row})
-    budget = "/".join(f"{b:g}" for b in budgets) or "60"
+    budget = "/".join(f"{b:g}" for b in budgets) or "50"
     most_seeds = max(n for c in seeds.values() for n in c.values())
     seed_list = ", ".join(str(s) for s in sorted({row["seed"] for row in r["results"]}))
     lines = [
