@@ -200,6 +200,23 @@ def _score(value: float, metric: str) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
+def _mean_ranks(
+    models: list[str], datasets: list[str], means: dict[str, dict[str, float]], metric: dict
+) -> dict[str, Any]:
+    """Each model's mean rank (1 best; ties share the mean of their places) over
+    ``datasets``, with their count under ``n``; empty without datasets."""
+    if not datasets:
+        return {}
+    ranks: dict[str, list[float]] = {m: [] for m in models}
+    for d in datasets:
+        sign = -1 if metric[d] == "accuracy" else 1
+        ordered = sorted(sign * means[d][m] for m in models)
+        for m in models:
+            places = [i + 1 for i, v in enumerate(ordered) if v == sign * means[d][m]]
+            ranks[m].append(sum(places) / len(places))
+    return {"n": len(datasets), **{m: sum(v) / len(v) for m, v in ranks.items()}}
+
+
 def tabular_suite(r: dict[str, Any]) -> list[str]:
     """Per dataset the mean test score over seeds of each model (best in bold), then each
     model's mean rank over the datasets where every model has a score."""
@@ -230,10 +247,9 @@ def tabular_suite(r: dict[str, Any]) -> list[str]:
         + " |",
         "|---|---|---:|---|" + "---:|" * len(models),
     ]
-    ranks: dict[str, list[float]] = {m: [] for m in models}
     for d in datasets:
-        info, scores, higher = r["datasets"][d], means[d], metric[d] == "accuracy"
-        best = (max if higher else min)(scores.values())
+        info, scores = r["datasets"][d], means[d]
+        best = (max if metric[d] == "accuracy" else min)(scores.values())
         cells = []
         for m in models:
             if m not in scores:
@@ -241,27 +257,26 @@ def tabular_suite(r: dict[str, Any]) -> list[str]:
                 continue
             cell = _score(scores[m], metric[d])
             cell = f"**{cell}**" if scores[m] == best else cell
-            few = seeds[d][m] < most_seeds
-            cells.append(
-                cell + (f" ({seeds[d][m]} seed{'s' if seeds[d][m] > 1 else ''})" if few else "")
-            )
+            n = seeds[d][m]
+            cells.append(cell + (f" ({n} seed{'s' if n > 1 else ''})" if n < most_seeds else ""))
         kinds = f"{info['numeric']}/{info['categorical']}"
         kinds += " +NA" if info["missing_cells"] else ""
         lines.append(
             f"| {d} | {info['task']} | {info['rows']:,} | {kinds} | " + " | ".join(cells) + " |"
         )
-        if all(m in scores for m in models):
-            ordered = sorted(models, key=lambda m: -scores[m] if higher else scores[m])
-            for m in models:  # ties share the mean of their places
-                tied = [i + 1 for i, o in enumerate(ordered) if scores[o] == scores[m]]
-                ranks[m].append(sum(tied) / len(tied))
-    complete = len(ranks[models[0]]) if models else 0
-    if complete:
-        lines.append(
-            f"| **mean rank** ({complete} of {len(datasets)} datasets) | | | | "
-            + " | ".join(f"{sum(v) / len(v):.2f}" for v in ranks.values())
-            + " |"
-        )
+    # Every model on the datasets where all have a score; while some rows are still to be
+    # run, also the models that have every dataset, among themselves.
+    everywhere = [m for m in models if all(m in means[d] for d in datasets)]
+    for ranked in [models] + ([everywhere] if 1 < len(everywhere) < len(models) else []):
+        scored = [d for d in datasets if all(m in means[d] for m in ranked)]
+        ranks = _mean_ranks(ranked, scored, means, metric)
+        if ranks:
+            label = "all models" if ranked == models else "models with every dataset"
+            lines.append(
+                f"| **mean rank**, {label} ({ranks.pop('n')} of {len(datasets)} datasets) | | | | "
+                + " | ".join(f"{ranks[m]:.2f}" if m in ranks else "" for m in models)
+                + " |"
+            )
     lines += [
         "",
         "num/cat: numeric and category columns (+NA: with missing values). RealMLP-TD is "

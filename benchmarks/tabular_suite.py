@@ -71,6 +71,15 @@ BUDGET_S = 50.0  # 12 tables x 3 seeds x (50 s + overhead): about 40 minutes
 NN_SHARE = 2 / 3  # of the budget; the GBM study gets the rest
 OVERHEAD_S = 15.0  # per run beyond the budget on a quiet machine (start, last trial, ensemble)
 BASELINES = ("realmlp_td", "hgb", "xgb_default", "linear")
+PROTOCOL = {
+    "split": "hpo's 60/20/20 (train/val/test), stratified for classes, per seed",
+    "hpo": f"one `hpo run` per dataset and seed: nn.timeout {NN_SHARE:.2f} and gbm.timeout "
+    f"{1 - NN_SHARE:.2f} of budget_s; best member of each kind by validation metric",
+    "realmlp_td": "pytabkit defaults, fit on train with val as its validation set; numeric "
+    "gaps filled with training medians; n_threads 1",
+    "hgb, xgb_default, linear": "defaults, fit on train + val",
+    "fit_s": "seconds to fit, on the machine as it was (busy or not)",
+}
 
 
 # --- the tables -----------------------------------------------------------------------
@@ -474,6 +483,7 @@ def main() -> None:
         info = describe(name)
         with locked_results(args.results) as result:
             result["datasets"][name] = info
+            result["protocol"] = PROTOCOL
         for seed in seeds:
             if args.only != "hpo":
                 for model in models:
