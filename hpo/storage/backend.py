@@ -13,16 +13,27 @@ import re
 import socket
 import sqlite3
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.orm
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+    json_to_distribution,
+)
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb.models import (
     TrialIntermediateValueModel,
     TrialModel,
+    TrialParamModel,
     TrialUserAttributeModel,
 )
 from optuna.storages._rdb.storage import _create_scoped_session as _rdb_scoped_session
@@ -368,3 +379,105 @@ def _write_rows(
                 database._set_trial_attr_without_commit(
                     session, TrialUserAttributeModel, trial_id, k, v
                 )
+
+
+@contextmanager
+def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
+    """Inside this block, the trial's ``suggest_*`` calls draw their values as Optuna's
+    do, and the params are written when it ends, in one transaction where the storage is a
+    database (not one each, as Optuna writes them: most of a small trial's commits).
+
+    Optuna's ``Trial`` writes a new param through ``trial.storage.set_trial_param`` and
+    keeps it in its cached copy of the trial, which later suggests and ``trial.params``
+    read: so the block lends the trial a storage that only records those calls (every
+    other call goes through), and writes what it recorded at the end. A block that raises
+    writes nothing: the trial then fails, as it would have. On another storage (in memory,
+    the gRPC proxy) the params are written one by one, as usual.
+    """
+    storage = trial.storage
+    database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
+    if not isinstance(database, optuna.storages.RDBStorage):
+        yield
+        return
+    recorder = _ParamRecorder(storage)
+    trial.storage = recorder  # type: ignore[assignment]  # duck-typed: see _ParamRecorder
+    try:
+        yield
+    finally:
+        trial.storage = storage
+    if recorder.params:
+        _write_params(storage, database, trial._trial_id, recorder.params)
+
+
+class _ParamRecorder:
+    """A trial's storage that keeps ``set_trial_param`` calls instead of writing them."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.storage = storage
+        self.params: dict[str, tuple[float, BaseDistribution]] = {}
+
+    def set_trial_param(
+        self, trial_id: int, name: str, internal: float, distribution: BaseDistribution
+    ) -> None:
+        self.params[name] = (internal, distribution)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+
+def _write_params(
+    storage: optuna.storages.BaseStorage,
+    database: optuna.storages.RDBStorage,
+    trial_id: int,
+    params: dict[str, tuple[float, BaseDistribution]],
+) -> None:
+    """Optuna's ``set_trial_param`` for many params in one transaction: the trial checked
+    once, each distribution checked against the study's (from Optuna's cache where it has
+    it, else from the first stored param of that name, as Optuna does), one insert."""
+    with _rdb_scoped_session(database.scoped_session) as session:
+        trial = TrialModel.find_or_raise_by_id(trial_id, session)
+        state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
+        database.check_trial_is_updatable(trial_id, state)
+        study_id: int = trial.study_id  # type: ignore[assignment]
+        known = _known_distributions(storage, study_id)
+        for name, (_, distribution) in params.items():
+            previous = known.get(name) or _stored_distribution(session, study_id, name)
+            if previous is not None:
+                check_distribution_compatibility(previous, distribution)
+        session.execute(
+            sqlalchemy.insert(TrialParamModel),
+            [
+                {
+                    "trial_id": trial_id,
+                    "param_name": name,
+                    "param_value": internal,
+                    "distribution_json": distribution_to_json(distribution),
+                }
+                for name, (internal, distribution) in params.items()
+            ],
+        )
+    for name, (_, distribution) in params.items():
+        known.setdefault(name, distribution)  # as Optuna's cache remembers the first
+
+
+def _known_distributions(
+    storage: optuna.storages.BaseStorage, study_id: int
+) -> dict[str, BaseDistribution]:
+    """The param distributions Optuna's cache knows for the study (a dict it keeps and
+    reads in ``set_trial_param``), or a new empty one where there is no cache."""
+    if isinstance(storage, _CachedStorage) and study_id in storage._studies:
+        return storage._studies[study_id].param_distribution
+    return {}
+
+
+def _stored_distribution(
+    session: sqlalchemy.orm.Session, study_id: int, name: str
+) -> BaseDistribution | None:
+    """The distribution of the study's first stored param ``name``, as Optuna reads it."""
+    row = (
+        session.query(TrialParamModel.distribution_json)
+        .join(TrialModel)
+        .filter(TrialModel.study_id == study_id, TrialParamModel.param_name == name)
+        .first()
+    )
+    return json_to_distribution(row[0]) if row is not None else None
