@@ -39,8 +39,9 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb.models import TrialHeartbeatModel
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage.backend import trial_state_counts
 from hpo.storage.locks import study_lock
-from hpo.storage.stored import WORKER, count_trials
+from hpo.storage.stored import WORKER
 
 WAIT_S = 1.0  # how often a worker with no free trial looks again
 
@@ -280,8 +281,11 @@ def optimize_to_target(
                 INTERRUPTS.check()
                 if heartbeat:
                     fail_stale_trials(study)
-                counts = count_trials(storage, study.study_name)
-                done, running = counts.finished, counts.running
+                # The states alone (one query): the best value, which count_trials reads
+                # as well, is no concern of this loop.
+                counts = trial_state_counts(storage, study._study_id)
+                done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+                running = counts[TrialState.RUNNING]
                 if done >= target:
                     break
                 if stuck is not None and done + running >= target:
