@@ -13,6 +13,7 @@ import re
 import socket
 import sqlite3
 import tempfile
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -310,11 +311,31 @@ def save_trial_results(
     write_trial(trial, {**attrs, ARTIFACT_ID: artifact_id}, curve)
 
 
+# Trial -> user attrs set but not yet written (defer_user_attrs).
+_PENDING_ATTRS: weakref.WeakKeyDictionary[optuna.Trial, dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def defer_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set user attrs of a running trial that reach storage with its next write (its
+    params, :func:`write_trial`, or :func:`flush_user_attrs`), not in a transaction of
+    their own. ``trial.user_attrs`` has them at once."""
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+    _PENDING_ATTRS.setdefault(trial, {}).update(attrs)
+
+
+def flush_user_attrs(trial: optuna.Trial) -> None:
+    """Write the trial's deferred user attrs, if any are left."""
+    if trial in _PENDING_ATTRS:
+        write_trial(trial, {})
+
+
 def write_trial(
     trial: optuna.Trial, attrs: dict[str, Any], curve: dict[int, float] | None = None
 ) -> None:
-    """Set a running trial's user ``attrs`` and new intermediate values (``curve``, step ->
-    value), in one transaction where the storage is a database.
+    """Set a running trial's user ``attrs`` (and any deferred ones) and new intermediate
+    values (``curve``, step -> value), in one transaction where the storage is a database.
 
     Optuna writes each attr and each value in a transaction of its own, with three
     statements each: a trial's ~10 attrs and its per-epoch values made most of its storage
@@ -322,11 +343,12 @@ def write_trial(
     still running, as Optuna checks), then one multi-row statement writes the values and
     one the attrs. Other storages (in memory, the gRPC proxy) take them one by one.
     """
+    attrs = {**_PENDING_ATTRS.pop(trial, {}), **attrs}
     curve = curve or {}
     storage = trial.storage
     database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
     if isinstance(database, optuna.storages.RDBStorage):
-        _write_rows(database, trial._trial_id, attrs, curve)
+        _write_rows(storage, database, trial._trial_id, attrs=attrs, curve=curve)
     else:
         for step, value in curve.items():
             storage.set_trial_intermediate_value(trial._trial_id, step, value)
@@ -337,55 +359,12 @@ def write_trial(
     trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
-def _write_rows(
-    database: optuna.storages.RDBStorage,
-    trial_id: int,
-    attrs: dict[str, Any],
-    curve: dict[int, float],
-) -> None:
-    """:func:`write_trial` on Optuna's tables: new values are inserted (a step is written
-    once), attrs inserted or replaced, as Optuna's ``set_trial_user_attr`` does."""
-    values = []
-    for step, value in curve.items():
-        stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-        values.append(
-            {
-                "trial_id": trial_id,
-                "step": step,
-                "intermediate_value": stored,
-                "intermediate_value_type": kind,
-            }
-        )
-    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-    dialect = database.engine.name
-    with _rdb_scoped_session(database.scoped_session) as session:
-        trial = TrialModel.find_or_raise_by_id(trial_id, session)
-        state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
-        database.check_trial_is_updatable(trial_id, state)
-        if values:
-            session.execute(sqlalchemy.insert(TrialIntermediateValueModel), values)
-        if not rows:
-            return
-        if dialect in UPSERTS:
-            insert = UPSERTS[dialect](TrialUserAttributeModel).values(rows)
-            key = [TrialUserAttributeModel.trial_id, TrialUserAttributeModel.key]
-            session.execute(
-                insert.on_conflict_do_update(
-                    index_elements=key, set_={"value_json": insert.excluded.value_json}
-                )
-            )
-        else:  # another database: Optuna's own write, row by row
-            for k, v in attrs.items():
-                database._set_trial_attr_without_commit(
-                    session, TrialUserAttributeModel, trial_id, k, v
-                )
-
-
 @contextmanager
 def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
     """Inside this block, the trial's ``suggest_*`` calls draw their values as Optuna's
-    do, and the params are written when it ends, in one transaction where the storage is a
-    database (not one each, as Optuna writes them: most of a small trial's commits).
+    do, and the params are written when it ends, in one transaction (with the trial's
+    deferred user attrs) where the storage is a database, not one each as Optuna writes
+    them: they made most of a small trial's commits.
 
     Optuna's ``Trial`` writes a new param through ``trial.storage.set_trial_param`` and
     keeps it in its cached copy of the trial, which later suggests and ``trial.params``
@@ -406,7 +385,8 @@ def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
     finally:
         trial.storage = storage
     if recorder.params:
-        _write_params(storage, database, trial._trial_id, recorder.params)
+        attrs = _PENDING_ATTRS.pop(trial, {})
+        _write_rows(storage, database, trial._trial_id, attrs=attrs, params=recorder.params)
 
 
 class _ParamRecorder:
@@ -425,39 +405,76 @@ class _ParamRecorder:
         return getattr(self.storage, name)
 
 
-def _write_params(
+def _write_rows(
     storage: optuna.storages.BaseStorage,
     database: optuna.storages.RDBStorage,
     trial_id: int,
-    params: dict[str, tuple[float, BaseDistribution]],
+    *,
+    attrs: dict[str, Any],
+    curve: dict[int, float] | None = None,
+    params: dict[str, tuple[float, BaseDistribution]] | None = None,
 ) -> None:
-    """Optuna's ``set_trial_param`` for many params in one transaction: the trial checked
-    once, each distribution checked against the study's (from Optuna's cache where it has
-    it, else from the first stored param of that name, as Optuna does), one insert."""
+    """A running trial's new params (name -> internal value, distribution), intermediate
+    values and user attrs, on Optuna's tables in one transaction, as Optuna writes each:
+    the trial checked once (it exists and still runs); each param's distribution checked
+    against the study's (from Optuna's cache where it has it, else from the first stored
+    param of that name); params and values inserted (each is written once), attrs inserted
+    or replaced. One multi-row statement each."""
+    params, curve = params or {}, curve or {}
+    values = []
+    for step, value in curve.items():
+        stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        values.append(
+            {
+                "trial_id": trial_id,
+                "step": step,
+                "intermediate_value": stored,
+                "intermediate_value_type": kind,
+            }
+        )
+    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    dialect = database.engine.name
     with _rdb_scoped_session(database.scoped_session) as session:
         trial = TrialModel.find_or_raise_by_id(trial_id, session)
         state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
         database.check_trial_is_updatable(trial_id, state)
-        study_id: int = trial.study_id  # type: ignore[assignment]
-        known = _known_distributions(storage, study_id)
+        if params:
+            study_id: int = trial.study_id  # type: ignore[assignment]
+            known = _known_distributions(storage, study_id)
+            for name, (_, distribution) in params.items():
+                previous = known.get(name) or _stored_distribution(session, study_id, name)
+                if previous is not None:
+                    check_distribution_compatibility(previous, distribution)
+            session.execute(
+                sqlalchemy.insert(TrialParamModel),
+                [
+                    {
+                        "trial_id": trial_id,
+                        "param_name": name,
+                        "param_value": internal,
+                        "distribution_json": distribution_to_json(distribution),
+                    }
+                    for name, (internal, distribution) in params.items()
+                ],
+            )
+        if values:
+            session.execute(sqlalchemy.insert(TrialIntermediateValueModel), values)
+        if rows and dialect in UPSERTS:
+            insert = UPSERTS[dialect](TrialUserAttributeModel).values(rows)
+            key = [TrialUserAttributeModel.trial_id, TrialUserAttributeModel.key]
+            session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=key, set_={"value_json": insert.excluded.value_json}
+                )
+            )
+        elif rows:  # another database: Optuna's own write, row by row
+            for k, v in attrs.items():
+                database._set_trial_attr_without_commit(
+                    session, TrialUserAttributeModel, trial_id, k, v
+                )
+    if params:
         for name, (_, distribution) in params.items():
-            previous = known.get(name) or _stored_distribution(session, study_id, name)
-            if previous is not None:
-                check_distribution_compatibility(previous, distribution)
-        session.execute(
-            sqlalchemy.insert(TrialParamModel),
-            [
-                {
-                    "trial_id": trial_id,
-                    "param_name": name,
-                    "param_value": internal,
-                    "distribution_json": distribution_to_json(distribution),
-                }
-                for name, (internal, distribution) in params.items()
-            ],
-        )
-    for name, (_, distribution) in params.items():
-        known.setdefault(name, distribution)  # as Optuna's cache remembers the first
+            known.setdefault(name, distribution)  # as Optuna's cache remembers the first
 
 
 def _known_distributions(
