@@ -121,74 +121,13 @@ def sampler_seed(seed: int, started: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-class _TrialsReadOnce:
-    """A study whose trials, read once per trial by the sampler, are read from that copy:
-    ``_get_trials`` with ``use_cache=True`` whatever the caller asks (everything else is the
-    study's own)."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
-
-    def _get_trials(
-        self, deepcopy: bool = True, states: Any = None, use_cache: bool = False
-    ) -> list[optuna.trial.FrozenTrial]:
-        return self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=True)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-
-class LeanTPESampler(optuna.samplers.TPESampler):
-    """Optuna's TPE reading the study once per trial, not twice.
-
-    With ``constant_liar`` Optuna's TPE reads every trial again (bypassing the copy it read
-    moments before, in the same call, to infer the search space) so as to see the trials
-    other workers are running. The copy is milliseconds old: a trial another worker starts
-    in those milliseconds is missed, as if it had started just after this one, which is the
-    race every sampler has anyway. Each read costs a transaction (7 statements, ~2 ms on
-    SQLite). ``_sample`` is Optuna's private TPE core, called from ``sample_relative`` and
-    ``sample_independent`` (tests/test_tpe.py breaks if that changes).
-    """
-
-    def _sample(
-        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: Any
-    ) -> dict[str, Any]:
-        return super()._sample(_TrialsReadOnce(study), trial, search_space)  # type: ignore[arg-type]
-
-
-def vectorize_tpe_log_ndtr() -> None:
-    """Give Optuna's TPE SciPy's ``log_ndtr`` (log of the normal CDF) in place of its own.
-
-    Optuna computes it in pure Python, one float at a time (it avoids depending on SciPy),
-    and in a study with a dozen dimensions that loop was most of TPE's time: about 10 ms a
-    trial at 150 trials, more than the whole storage cost left. SciPy's is the same function
-    as a NumPy ufunc, as exact or more (they agree to 6e-8 relative, where Optuna's loses
-    digits near 6); SciPy is there already, with scikit-learn. Same seed, same trials, but
-    not bit for bit the trials of Optuna's own TPE: a candidate's score may differ in its
-    last digits. tests/test_tpe.py compares the two and breaks if Optuna's function moves.
-    """
-    import scipy.special
-    from optuna.samplers._tpe import _truncnorm
-
-    if getattr(_truncnorm._log_ndtr, "_hpo", False):
-        return
-
-    def log_ndtr(a: Any) -> Any:
-        return scipy.special.log_ndtr(np.asarray(a, dtype=float))
-
-    log_ndtr._hpo = True  # type: ignore[attr-defined]
-    log_ndtr.optuna = _truncnorm._log_ndtr  # type: ignore[attr-defined]  # for the tests
-    _truncnorm._log_ndtr = log_ndtr
-
-
 def make_sampler(spec: StudySpec, started: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler for a study in which ``started`` trials have already begun."""
     seed = sampler_seed(spec.seed, started)
     match spec.sampler:
         case "tpe":
-            vectorize_tpe_log_ndtr()
             # constant_liar keeps parallel workers from sampling the same point.
-            return LeanTPESampler(seed=seed, multivariate=True, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
         case "random":
             return optuna.samplers.RandomSampler(seed=seed)
         case "gp":
