@@ -221,6 +221,112 @@ def generic(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+TABULAR_MODELS = {
+    "realmlp_td": "RealMLP-TD",
+    "hgb": "HistGB",
+    "xgb_default": "XGBoost default",
+    "linear": "linear",
+    "hpo_mlp": "hpo MLP",
+    "hpo_xgb": "hpo XGBoost",
+    "hpo_ensemble": "hpo ensemble",
+    "hpo_ensemble_average": "hpo average ens.",
+}
+
+
+def _score(value: float, metric: str) -> str:
+    if metric == "accuracy":
+        return f"{value:.4f}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _mean_ranks(
+    models: list[str], datasets: list[str], means: dict[str, dict[str, float]], metric: dict
+) -> dict[str, Any]:
+    """Each model's mean rank (1 best; ties share the mean of their places) over
+    ``datasets``, with their count under ``n``; empty without datasets."""
+    if not datasets:
+        return {}
+    ranks: dict[str, list[float]] = {m: [] for m in models}
+    for d in datasets:
+        sign = -1 if metric[d] == "accuracy" else 1
+        ordered = sorted(sign * means[d][m] for m in models)
+        for m in models:
+            places = [i + 1 for i, v in enumerate(ordered) if v == sign * means[d][m]]
+            ranks[m].append(sum(places) / len(places))
+    return {"n": len(datasets), **{m: sum(v) / len(v) for m, v in ranks.items()}}
+
+
+def tabular_suite(r: dict[str, Any]) -> list[str]:
+    """Per dataset the mean test score over seeds of each model (best in bold), then each
+    model's mean rank over the datasets where every model has a score."""
+    means: dict[str, dict[str, float]] = {}  # dataset -> model -> mean over seeds
+    seeds: dict[str, dict[str, int]] = {}
+    metric = {}
+    for row in r["results"]:
+        scores = means.setdefault(row["dataset"], {})
+        counts = seeds.setdefault(row["dataset"], {})
+        n = counts.get(row["model"], 0)
+        scores[row["model"]] = (scores.get(row["model"], 0.0) * n + row["test"]) / (n + 1)
+        counts[row["model"]] = n + 1
+        metric[row["dataset"]] = row["metric"]
+    models = [m for m in TABULAR_MODELS if any(m in s for s in means.values())]
+    datasets = [d for d in r["datasets"] if d in means]
+    budgets = sorted({row["budget_s"] for row in r["results"] if "budget_s" in row})
+    budget = "/".join(f"{b:g}" for b in budgets) or "50"
+    most_seeds = max(n for c in seeds.values() for n in c.values())
+    seed_list = ", ".join(str(s) for s in sorted({row["seed"] for row in r["results"]}))
+    lines = [
+        f"**Tabular suite** (`python benchmarks/tabular_suite.py --budget {budget}`; hpo's "
+        f"60/20/20 splits; mean over seeds {seed_list}; test accuracy, or RMSE in target "
+        f"units for regression; hpo: one `hpo run` of {budget} s per dataset and seed, 2/3 NN "
+        "and 1/3 GBM; the others at their defaults, fitted once)",
+        "",
+        "| dataset | task | rows | num/cat | "
+        + " | ".join(TABULAR_MODELS[m] for m in models)
+        + " |",
+        "|---|---|---:|---|" + "---:|" * len(models),
+    ]
+    for d in datasets:
+        info, scores = r["datasets"][d], means[d]
+        best = (max if metric[d] == "accuracy" else min)(scores.values())
+        cells = []
+        for m in models:
+            if m not in scores:
+                cells.append("")
+                continue
+            cell = _score(scores[m], metric[d])
+            cell = f"**{cell}**" if scores[m] == best else cell
+            n = seeds[d][m]
+            cells.append(cell + (f" ({n} seed{'s' if n > 1 else ''})" if n < most_seeds else ""))
+        kinds = f"{info['numeric']}/{info['categorical']}"
+        kinds += " +NA" if info["missing_cells"] else ""
+        lines.append(
+            f"| {d} | {info['task']} | {info['rows']:,} | {kinds} | " + " | ".join(cells) + " |"
+        )
+    # Every model on the datasets where all have a score; while some rows are still to be
+    # run, also the models that have every dataset, among themselves.
+    everywhere = [m for m in models if all(m in means[d] for d in datasets)]
+    for ranked in [models] + ([everywhere] if 1 < len(everywhere) < len(models) else []):
+        scored = [d for d in datasets if all(m in means[d] for m in ranked)]
+        ranks = _mean_ranks(ranked, scored, means, metric)
+        if ranks:
+            label = "all models" if ranked == models else "models with every dataset"
+            lines.append(
+                f"| **mean rank**, {label} ({ranks.pop('n')} of {len(datasets)} datasets) | | | | "
+                + " | ".join(f"{ranks[m]:.2f}" if m in ranks else "" for m in models)
+                + " |"
+            )
+    lines += [
+        "",
+        "num/cat: numeric and category columns (+NA: with missing values). RealMLP-TD is "
+        "pytabkit's, fitted on train with the validation rows as its validation set; HistGB, "
+        "XGBoost default and linear (imputation, scaling, one-hot; LogisticRegression or Ridge) "
+        "are fitted on train + validation; hpo's members train on train and are chosen on "
+        "validation.",
+    ]
+    return lines
+
+
 FORMATS = {
     "trainer_throughput": trainer_throughput,
     "optuna_overhead": optuna_overhead,
@@ -231,6 +337,7 @@ FORMATS = {
     "busy_machine": busy_machine,
     "predict_memory": predict_memory,
     "onnx_latency": onnx_latency,
+    "tabular_suite": tabular_suite,
 }
 
 

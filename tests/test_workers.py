@@ -246,14 +246,17 @@ def test_kill_9_mid_trial_fails_it_retries_it_and_loses_nothing(
         )
         for _ in range(2)
     )
-    # Wait until the victim is in the middle of a trial: it has reported an epoch.
+    # Wait until the victim is in the middle of a trial: it has built its network (the
+    # architecture attr), and trains its 40 epochs (seconds; its curve is written in
+    # batches every 2 s, so an epoch need not be in storage yet).
     deadline = time.monotonic() + 120
     while True:
         assert time.monotonic() < deadline, "the victim never got to train"
         running = _running_trials_of(pg_url, "crash-nn", victim.pid)
-        if running and running[0].intermediate_values:
+        if running and "architecture" in running[0].user_attrs:
             break
         time.sleep(0.1)
+    time.sleep(0.3)
     doomed = running[0]
     complete_before = _complete(load(pg_url, "crash-nn"))
     victim.kill()  # SIGKILL: no chance to tell the storage anything
