@@ -13,16 +13,28 @@ import re
 import socket
 import sqlite3
 import tempfile
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.orm
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+    json_to_distribution,
+)
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb.models import (
     TrialIntermediateValueModel,
     TrialModel,
+    TrialParamModel,
     TrialUserAttributeModel,
 )
 from optuna.storages._rdb.storage import _create_scoped_session as _rdb_scoped_session
@@ -299,11 +311,31 @@ def save_trial_results(
     write_trial(trial, {**attrs, ARTIFACT_ID: artifact_id}, curve)
 
 
+# Trial -> user attrs set but not yet written (defer_user_attrs).
+_PENDING_ATTRS: weakref.WeakKeyDictionary[optuna.Trial, dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def defer_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set user attrs of a running trial that reach storage with its next write (its
+    params, :func:`write_trial`, or :func:`flush_user_attrs`), not in a transaction of
+    their own. ``trial.user_attrs`` has them at once."""
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+    _PENDING_ATTRS.setdefault(trial, {}).update(attrs)
+
+
+def flush_user_attrs(trial: optuna.Trial) -> None:
+    """Write the trial's deferred user attrs, if any are left."""
+    if trial in _PENDING_ATTRS:
+        write_trial(trial, {})
+
+
 def write_trial(
     trial: optuna.Trial, attrs: dict[str, Any], curve: dict[int, float] | None = None
 ) -> None:
-    """Set a running trial's user ``attrs`` and new intermediate values (``curve``, step ->
-    value), in one transaction where the storage is a database.
+    """Set a running trial's user ``attrs`` (and any deferred ones) and new intermediate
+    values (``curve``, step -> value), in one transaction where the storage is a database.
 
     Optuna writes each attr and each value in a transaction of its own, with three
     statements each: a trial's ~10 attrs and its per-epoch values made most of its storage
@@ -311,11 +343,12 @@ def write_trial(
     still running, as Optuna checks), then one multi-row statement writes the values and
     one the attrs. Other storages (in memory, the gRPC proxy) take them one by one.
     """
+    attrs = {**_PENDING_ATTRS.pop(trial, {}), **attrs}
     curve = curve or {}
     storage = trial.storage
     database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
     if isinstance(database, optuna.storages.RDBStorage):
-        _write_rows(database, trial._trial_id, attrs, curve)
+        _write_rows(storage, database, trial._trial_id, attrs=attrs, curve=curve)
     else:
         for step, value in curve.items():
             storage.set_trial_intermediate_value(trial._trial_id, step, value)
@@ -326,14 +359,68 @@ def write_trial(
     trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
+@contextmanager
+def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
+    """Inside this block, the trial's ``suggest_*`` calls draw their values as Optuna's
+    do, and the params are written when it ends, in one transaction (with the trial's
+    deferred user attrs) where the storage is a database, not one each as Optuna writes
+    them: they made most of a small trial's commits.
+
+    Optuna's ``Trial`` writes a new param through ``trial.storage.set_trial_param`` and
+    keeps it in its cached copy of the trial, which later suggests and ``trial.params``
+    read: so the block lends the trial a storage that only records those calls (every
+    other call goes through), and writes what it recorded at the end. A block that raises
+    writes nothing: the trial then fails, as it would have. On another storage (in memory,
+    the gRPC proxy) the params are written one by one, as usual.
+    """
+    storage = trial.storage
+    database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
+    if not isinstance(database, optuna.storages.RDBStorage):
+        yield
+        return
+    recorder = _ParamRecorder(storage)
+    trial.storage = recorder  # type: ignore[assignment]  # duck-typed: see _ParamRecorder
+    try:
+        yield
+    finally:
+        trial.storage = storage
+    if recorder.params:
+        attrs = _PENDING_ATTRS.pop(trial, {})
+        _write_rows(storage, database, trial._trial_id, attrs=attrs, params=recorder.params)
+
+
+class _ParamRecorder:
+    """A trial's storage that keeps ``set_trial_param`` calls instead of writing them."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.storage = storage
+        self.params: dict[str, tuple[float, BaseDistribution]] = {}
+
+    def set_trial_param(
+        self, trial_id: int, name: str, internal: float, distribution: BaseDistribution
+    ) -> None:
+        self.params[name] = (internal, distribution)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+
 def _write_rows(
+    storage: optuna.storages.BaseStorage,
     database: optuna.storages.RDBStorage,
     trial_id: int,
+    *,
     attrs: dict[str, Any],
-    curve: dict[int, float],
+    curve: dict[int, float] | None = None,
+    params: dict[str, tuple[float, BaseDistribution]] | None = None,
 ) -> None:
-    """:func:`write_trial` on Optuna's tables: new values are inserted (a step is written
-    once), attrs inserted or replaced, as Optuna's ``set_trial_user_attr`` does."""
+    """A running trial's new params (name -> internal value, distribution), intermediate
+    values and user attrs, on Optuna's tables in one transaction, as Optuna writes each:
+    the trial checked once (it exists and still runs); each param's distribution checked
+    against the study's (from Optuna's cache where it has it, else from the first stored
+    param of that name); params and values inserted (each is written once), attrs inserted
+    or replaced. One multi-row statement each."""
+    params, curve = params or {}, curve or {}
     values = []
     for step, value in curve.items():
         stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
@@ -351,11 +438,28 @@ def _write_rows(
         trial = TrialModel.find_or_raise_by_id(trial_id, session)
         state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
         database.check_trial_is_updatable(trial_id, state)
+        if params:
+            study_id: int = trial.study_id  # type: ignore[assignment]
+            known = _known_distributions(storage, study_id)
+            for name, (_, distribution) in params.items():
+                previous = known.get(name) or _stored_distribution(session, study_id, name)
+                if previous is not None:
+                    check_distribution_compatibility(previous, distribution)
+            session.execute(
+                sqlalchemy.insert(TrialParamModel),
+                [
+                    {
+                        "trial_id": trial_id,
+                        "param_name": name,
+                        "param_value": internal,
+                        "distribution_json": distribution_to_json(distribution),
+                    }
+                    for name, (internal, distribution) in params.items()
+                ],
+            )
         if values:
             session.execute(sqlalchemy.insert(TrialIntermediateValueModel), values)
-        if not rows:
-            return
-        if dialect in UPSERTS:
+        if rows and dialect in UPSERTS:
             insert = UPSERTS[dialect](TrialUserAttributeModel).values(rows)
             key = [TrialUserAttributeModel.trial_id, TrialUserAttributeModel.key]
             session.execute(
@@ -363,8 +467,34 @@ def _write_rows(
                     index_elements=key, set_={"value_json": insert.excluded.value_json}
                 )
             )
-        else:  # another database: Optuna's own write, row by row
+        elif rows:  # another database: Optuna's own write, row by row
             for k, v in attrs.items():
                 database._set_trial_attr_without_commit(
                     session, TrialUserAttributeModel, trial_id, k, v
                 )
+    if params:
+        for name, (_, distribution) in params.items():
+            known.setdefault(name, distribution)  # as Optuna's cache remembers the first
+
+
+def _known_distributions(
+    storage: optuna.storages.BaseStorage, study_id: int
+) -> dict[str, BaseDistribution]:
+    """The param distributions Optuna's cache knows for the study (a dict it keeps and
+    reads in ``set_trial_param``), or a new empty one where there is no cache."""
+    if isinstance(storage, _CachedStorage) and study_id in storage._studies:
+        return storage._studies[study_id].param_distribution
+    return {}
+
+
+def _stored_distribution(
+    session: sqlalchemy.orm.Session, study_id: int, name: str
+) -> BaseDistribution | None:
+    """The distribution of the study's first stored param ``name``, as Optuna reads it."""
+    row = (
+        session.query(TrialParamModel.distribution_json)
+        .join(TrialModel)
+        .filter(TrialModel.study_id == study_id, TrialParamModel.param_name == name)
+        .first()
+    )
+    return json_to_distribution(row[0]) if row is not None else None

@@ -39,8 +39,9 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb.models import TrialHeartbeatModel
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage.backend import defer_user_attrs, flush_user_attrs, trial_state_counts
 from hpo.storage.locks import study_lock
-from hpo.storage.stored import WORKER, count_trials
+from hpo.storage.stored import WORKER
 
 WAIT_S = 1.0  # how often a worker with no free trial looks again
 
@@ -267,9 +268,12 @@ def optimize_to_target(
 
     def run_trial(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now: every other worker counts it
-        trial.set_user_attr(WORKER, worker_id())
-        with INTERRUPTS.deferred(False):  # training: Ctrl-C stops it at once
-            return objective(trial)
+        defer_user_attrs(trial, {WORKER: worker_id()})  # written with the trial's params
+        try:
+            with INTERRUPTS.deferred(False):  # training: Ctrl-C stops it at once
+                return objective(trial)
+        finally:
+            flush_user_attrs(trial)  # where the objective wrote nothing
 
     with INTERRUPTS.deferred():
         while timeout is None or time.monotonic() - started < timeout:
@@ -278,10 +282,12 @@ def optimize_to_target(
             lock.acquire()
             try:
                 INTERRUPTS.check()
-                if heartbeat:
+                done, running = _finished_and_running(storage, study)
+                if heartbeat and done + running >= target:
+                    # A dead worker's trial may be what holds the study back. (Below the
+                    # target there is no need: Optuna fails stale trials before each trial.)
                     fail_stale_trials(study)
-                counts = count_trials(storage, study.study_name)
-                done, running = counts.finished, counts.running
+                    done, running = _finished_and_running(storage, study)
                 if done >= target:
                     break
                 if stuck is not None and done + running >= target:
@@ -295,6 +301,15 @@ def optimize_to_target(
             if wait:
                 time.sleep(WAIT_S)
     return ran
+
+
+def _finished_and_running(
+    storage: optuna.storages.BaseStorage, study: optuna.Study
+) -> tuple[int, int]:
+    """The study's finished and running trials, in one query (count_trials also reads the
+    best trial, which is no concern of the worker loop)."""
+    counts = trial_state_counts(storage, study._study_id)
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], counts[TrialState.RUNNING]
 
 
 def _grace_period(storage: optuna.storages.BaseStorage) -> float:

@@ -8,17 +8,20 @@ import optuna
 from pydantic import BaseModel
 
 from hpo.spec import FloatRange, IntRange
+from hpo.storage.backend import params_in_one_write
 
 
 def suggest(trial: optuna.Trial, space: BaseModel) -> dict[str, Any]:
-    """Suggest every dimension of ``space``, pinned ones included, in declaration order."""
+    """Suggest every dimension of ``space``, pinned ones included, in declaration order;
+    the params are written together (one transaction, not one per param)."""
     params: dict[str, Any] = {}
-    for name in type(space).model_fields:
-        dim = getattr(space, name)
-        if isinstance(dim, IntRange):
-            params[name] = trial.suggest_int(name, dim.low, dim.high, log=dim.log)
-        elif isinstance(dim, FloatRange):
-            params[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
-        else:
-            params[name] = trial.suggest_categorical(name, dim)
+    with params_in_one_write(trial):
+        for name in type(space).model_fields:
+            dim = getattr(space, name)
+            if isinstance(dim, IntRange):
+                params[name] = trial.suggest_int(name, dim.low, dim.high, log=dim.log)
+            elif isinstance(dim, FloatRange):
+                params[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+            else:
+                params[name] = trial.suggest_categorical(name, dim)
     return params
