@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +50,34 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"benchmark": name, "machine": info, **payload}, indent=2) + "\n")
     print(f"wrote {path.relative_to(REPO)}")
     return path
+
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new database on the tests' PostgreSQL server (started as the tests start it),
+    dropped at the end."""
+    import psycopg
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import _start_postgres_if_down
+
+    _start_postgres_if_down()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def checkout_label(path: Path) -> str:
+    """A checkout's commit (with its path), for a table that compares two."""
+    found = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return f"{found.stdout.strip() or '?'} ({path})"

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +33,7 @@ import optuna
 import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_result
+from _common import REPO, checkout_label, fresh_postgres_database, write_result
 
 import hpo
 import hpo.studies.nn
@@ -47,7 +46,6 @@ from hpo.studies.nn import NN, NNObjective
 from hpo.studies.study import PrunerSteps, make_pruner, make_sampler, run_study
 
 SPEC = REPO / "studies" / "digits.yaml"
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
 def fake_train_mlp(spec: Any, data: Any, *, epochs: int, on_epoch: Any, **_: Any) -> TrainResult:
@@ -122,25 +120,13 @@ def digits_median_trial_s() -> float:
 
 
 @contextmanager
-def fresh_postgres_database(server: str | None) -> Iterator[str]:
-    """A new database on the tests' server (or the URL given), dropped at the end."""
+def postgres_database(server: str | None) -> Iterator[str]:
+    """The URL given, or a new database on the tests' server, dropped at the end."""
     if server:
         yield server
         return
-    import psycopg
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import _start_postgres_if_down  # the server, started as the tests start it
-
-    _start_postgres_if_down()
-    name = f"hpo_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("hpo_bench") as url:
+        yield url
 
 
 def measure_all(trials: int, postgres: str | None) -> dict[str, Any]:
@@ -149,7 +135,7 @@ def measure_all(trials: int, postgres: str | None) -> dict[str, Any]:
     trial_s = digits_median_trial_s()
     print(f"{hpo.__file__}: digits median trial {trial_s * 1000:.0f} ms")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, fresh_postgres_database(postgres) as pg:
+    with tempfile.TemporaryDirectory() as tmp, postgres_database(postgres) as pg:
         for name, url in (("sqlite", f"sqlite:///{tmp}/overhead.db"), ("postgresql", pg)):
             row: dict[str, Any] = {"storage": name, "url": mask_url(url)}
             row |= measure(url, trials, windows)
@@ -160,14 +146,6 @@ def measure_all(trials: int, postgres: str | None) -> dict[str, Any]:
             print(row)
             rows.append(row)
     return {"digits_median_trial_ms": round(trial_s * 1000, 1), "rows": rows}
-
-
-def checkout_label(path: Path) -> str:
-    """A checkout's commit (with its path), for the table."""
-    found = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return f"{found.stdout.strip() or '?'} ({path})"
 
 
 def main() -> None:

@@ -33,13 +33,12 @@ import optuna
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_result
+from _common import REPO, checkout_label, fresh_postgres_database, write_result
 
 WORKLOADS = {
     "digits": REPO / "studies" / "digits.yaml",
     "passengers": REPO / "studies" / "passengers.yaml",
 }
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
 @contextmanager
@@ -48,16 +47,8 @@ def fresh_storage(tmp: str, postgres: bool) -> Iterator[str]:
     if not postgres:
         yield f"sqlite:///{tmp}/hpo-{uuid.uuid4().hex[:8]}.db"
         return
-    import psycopg
-
-    name = f"hpo_tph_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("hpo_tph") as url:
+        yield url
 
 
 def study_rate(storage: str, name: str) -> dict[str, Any]:
@@ -105,13 +96,6 @@ def run_once(checkout: Path, workload: str, args: argparse.Namespace, tmp: str) 
     finally:
         spec_path.unlink()
     return {"wall_s": round(wall, 1), **studies}
-
-
-def checkout_label(path: Path) -> str:
-    found = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return f"{found.stdout.strip() or '?'} ({path})"
 
 
 def main() -> None:
