@@ -18,16 +18,8 @@ import xgboost as xgb
 from torch import nn
 
 from hpo.models.members import n_outputs
-from hpo.models.mlp import MLPSpec, build_mlp
-from hpo.models.train import (
-    NonFiniteLoss,
-    loss_function,
-    make_optimizer,
-    make_schedule,
-    mean_of_head_losses,
-    pick_device,
-    train_epoch,
-)
+from hpo.models.mlp import MLPSpec
+from hpo.models.train import NonFiniteLoss, pick_device, start_training, train_epoch
 from hpo.spec import Task
 
 
@@ -61,22 +53,28 @@ def fit_mlp(
     xt = torch.as_tensor(x, dtype=torch.float32).to(device)
     yt = torch.as_tensor(y, dtype=torch.int64 if task == "multiclass" else torch.float32)
     yt = yt.to(device)
-    torch.manual_seed(seed)  # weights and dropout masks
-    shuffle = torch.Generator(device=device).manual_seed(seed)
-    model = build_mlp(spec, x.shape[1], n_outputs(task, n_classes), embedding_sizes).to(device)
-    optimizer = make_optimizer(spec, model)
-    loss_fn = mean_of_head_losses(loss_function(task, spec.label_smoothing))
-    steps = len(range(0, len(x) - 1, spec.batch_size))  # batches per epoch, as train_epoch
-    per_batch, _ = make_schedule(
-        spec, optimizer, epochs=schedule_epochs or epochs, steps=steps, patience=1
+    run = start_training(
+        spec,
+        task,
+        n_inputs=x.shape[1],
+        n_outputs=n_outputs(task, n_classes),
+        embedding_sizes=embedding_sizes,
+        rows=len(x),
+        seed=seed,
+        device=device,
+        epochs=schedule_epochs or epochs,
+        patience=1,  # unused: a plateau schedule is replayed from learning_rates below
     )
+    model, optimizer = run.model, run.optimizer
     losses = []
     for epoch in range(epochs):
         if learning_rates and spec.lr_schedule == "plateau":
             for group in optimizer.param_groups:
                 group["lr"] = learning_rates[min(epoch, len(learning_rates) - 1)]
         losses.append(
-            train_epoch(model, optimizer, loss_fn, xt, yt, spec.batch_size, shuffle, per_batch)
+            train_epoch(
+                model, optimizer, run.loss_fn, xt, yt, spec.batch_size, run.shuffle, run.per_batch
+            )
         )
     history = torch.stack(losses).tolist()  # one sync, at the end
     for epoch, loss in enumerate(history):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,6 +267,47 @@ def train_epoch(
     return running / len(steps)
 
 
+@dataclass
+class TrainingRun:
+    """What one training run starts from: the seeded network, its optimizer, its loss and
+    learning-rate schedules, and the generator that shuffles its batches."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    shuffle: torch.Generator
+    per_batch: torch.optim.lr_scheduler.LRScheduler | None
+    plateau: ReduceLROnPlateau | None
+
+
+def start_training(
+    spec: MLPSpec,
+    task: str,
+    *,
+    n_inputs: int,
+    n_outputs: int,
+    embedding_sizes: Sequence[int],
+    rows: int,
+    seed: int,
+    device: str,
+    epochs: int,
+    patience: int,
+) -> TrainingRun:
+    """The study's trainer and a refit (:mod:`hpo.models.refit`) start here alike, so that
+    the same seed gives the same weights, batches, loss and schedule. A cosine runs over
+    ``epochs`` x the batches of ``rows`` rows."""
+    torch.manual_seed(seed)  # weights and dropout masks
+    shuffle = torch.Generator(device=device).manual_seed(seed)
+    model = build_mlp(spec, n_inputs, n_outputs, embedding_sizes).to(device)
+    optimizer = make_optimizer(spec, model)
+    loss_fn = mean_of_head_losses(loss_function(task, spec.label_smoothing))
+    steps = len(range(0, rows - 1, spec.batch_size))  # batches per epoch, as train_epoch
+    per_batch, plateau = make_schedule(
+        spec, optimizer, epochs=epochs, steps=steps, patience=patience
+    )
+    return TrainingRun(model, optimizer, loss_fn, shuffle, per_batch, plateau)
+
+
 def train_mlp(
     spec: MLPSpec,
     data: Dataset,
@@ -290,15 +331,20 @@ def train_mlp(
     device = device or pick_device()
     t = data.tensors(device)
     x, y = t["train_x"], t["train_y"]
-    torch.manual_seed(seed)  # weights and dropout masks
-    shuffle = torch.Generator(device=device).manual_seed(seed)
-    model = build_mlp(spec, data.n_features, data.n_outputs, data.embedding_sizes).to(device)
-    optimizer = make_optimizer(spec, model)
-    loss_fn = mean_of_head_losses(loss_function(data.task, spec.label_smoothing))
-    steps = len(range(0, len(x) - 1, spec.batch_size))  # batches per epoch, as train_epoch
-    per_batch, plateau = make_schedule(
-        spec, optimizer, epochs=epochs, steps=steps, patience=patience
+    run = start_training(
+        spec,
+        data.task,
+        n_inputs=data.n_features,
+        n_outputs=data.n_outputs,
+        embedding_sizes=data.embedding_sizes,
+        rows=len(x),
+        seed=seed,
+        device=device,
+        epochs=epochs,
+        patience=patience,
     )
+    model, optimizer, loss_fn = run.model, run.optimizer, run.loss_fn
+    shuffle, per_batch, plateau = run.shuffle, run.per_batch, run.plateau
 
     start_time = time.perf_counter()
     best_loss, best_epoch, best_state = math.inf, -1, None
