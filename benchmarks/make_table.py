@@ -52,9 +52,11 @@ def optuna_overhead(r: dict[str, Any]) -> list[str]:
         "digits study through the worker loop, training replaced by a made-up curve)",
         "",
         "| hpo | storage | digits median trial (ms) | "
-        + " | ".join(f"ms/trial at {n} | commits at {n} | share at {n}" for n in steps)
+        + " | ".join(
+            f"ms/trial at {n} | of which TPE | commits at {n} | share at {n}" for n in steps
+        )
         + " |",
-        "|---|---|" + "---:|" * (1 + 3 * len(steps)),
+        "|---|---|" + "---:|" * (1 + 4 * len(steps)),
     ]
     for run in r["runs"]:
         for row in run["rows"]:
@@ -62,7 +64,9 @@ def optuna_overhead(r: dict[str, Any]) -> list[str]:
             for n in steps:
                 share = row[f"ms_per_trial_at_{n}"] / run["digits_median_trial_ms"]
                 commits = row.get(f"commits_per_trial_at_{n}", "")
-                cells += [str(row[f"ms_per_trial_at_{n}"]), str(commits), f"{share:.1%}"]
+                sampler = row.get(f"sampler_ms_per_trial_at_{n}", "")
+                cells += [str(row[f"ms_per_trial_at_{n}"]), str(sampler), str(commits)]
+                cells.append(f"{share:.1%}")
             lines.append(
                 f"| {run['hpo']} | {row['storage']} | {run['digits_median_trial_ms']} | "
                 + " | ".join(cells)

@@ -7,7 +7,8 @@ worker loop, the lock, the search space, pruning by Hyperband every epoch, its u
 and model file), except that training is replaced by a made-up learning curve: what is
 left is what a trial costs besides training. The time per trial around 100 and around
 ``--trials`` finished trials, and the database transactions (commits) and statements per
-trial, are compared with the median trial time of the digits study. ``--before`` measures
+trial, are compared with the median trial time of the digits study; the part of that time
+spent in TPE's sampling calls (the search itself) is given apart. ``--before`` measures
 another checkout's hpo first, in a subprocess, so both land in one table from one machine.
 PostgreSQL is the server the tests use, in a fresh database dropped afterwards.
 """
@@ -60,6 +61,33 @@ def fake_train_mlp(spec: Any, data: Any, *, epochs: int, on_epoch: Any, **_: Any
     return TrainResult(model, history[-1], metrics, epochs, epochs - 1, 0.0, "cpu", history)
 
 
+@contextmanager
+def sampler_clock(clock: list[float]) -> Iterator[None]:
+    """Add the seconds spent in TPE's sampling calls (its reads of the study included) to
+    ``clock[0]``: the part of Optuna's cost that is the search itself, not bookkeeping."""
+    tpe = optuna.samplers.TPESampler
+    names = ("infer_relative_search_space", "sample_relative", "sample_independent")
+    originals = {name: getattr(tpe, name) for name in names}
+
+    def timed(method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                clock[0] += time.perf_counter() - start
+
+        return call
+
+    for name, method in originals.items():
+        setattr(tpe, name, timed(method))
+    try:
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(tpe, name, method)
+
+
 def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
     spec, base = load_spec(SPEC)
     # One name for every run: Hyperband draws brackets from it, so runs prune alike.
@@ -69,10 +97,12 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
         url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period
     )
     counts: collections.Counter[str] = collections.Counter()
-    stamps: list[tuple[float, int, int]] = []  # time, commits, statements at each trial's end
+    # time, commits, statements, seconds in TPE so far, at each trial's end
+    stamps: list[tuple[float, int, int, float]] = []
+    sampling = [0.0]
 
     def stamp(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        stamps.append((time.perf_counter(), counts["commit"], counts["statement"]))
+        stamps.append((time.perf_counter(), counts["commit"], counts["statement"], sampling[0]))
 
     engine = storage.engine
     sqlalchemy.event.listen(engine, "commit", lambda conn: counts.update(["commit"]))
@@ -82,7 +112,7 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
     real_train = hpo.studies.nn.train_mlp
     hpo.studies.nn.train_mlp = fake_train_mlp  # type: ignore[assignment]
     try:
-        with tempfile.TemporaryDirectory() as artifacts:
+        with tempfile.TemporaryDirectory() as artifacts, sampler_clock(sampling):
             run_study(
                 NN, spec, data, storage, open_artifacts(artifacts), n_trials=trials, on_trial=stamp
             )
@@ -96,6 +126,7 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
         out[f"ms_per_trial_at_{w}"] = round(1000 * statistics.median(per_trial), 2)
         out[f"commits_per_trial_at_{w}"] = round((window[-1][1] - window[0][1]) / n, 1)
         out[f"statements_per_trial_at_{w}"] = round((window[-1][2] - window[0][2]) / n, 1)
+        out[f"sampler_ms_per_trial_at_{w}"] = round(1000 * (window[-1][3] - window[0][3]) / n, 2)
     states = collections.Counter(
         t.state.name
         for t in optuna.load_study(study_name=f"{spec.name}-nn", storage=storage).trials

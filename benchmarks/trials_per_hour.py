@@ -11,7 +11,8 @@ checkout's hpo (its folder first on PYTHONPATH), alternating with this one, so t
 see the same machine; same seed and same specs, so both run the same trials (checked:
 ``same_trials``). Measured per study, from the storage: trials per hour between the
 first trial's start and the last one's end, and the wall time of the whole ``hpo run``
-(process start, data, both studies, the ensemble).
+(process start, data, both studies, the ensemble). The enqueued RealMLP-TD trial is left
+out where a checkout has it (``nn.realmlp_baseline: false``), as older ones do not.
 """
 
 from __future__ import annotations
@@ -72,11 +73,19 @@ def study_rate(storage: str, name: str) -> dict[str, Any]:
     }
 
 
+def knows_realmlp_baseline(checkout: Path) -> bool:
+    return "realmlp_baseline" in (checkout / "hpo" / "spec.py").read_text()
+
+
 def run_once(checkout: Path, workload: str, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     spec_file = WORKLOADS[workload]
     spec = yaml.safe_load(spec_file.read_text())
     spec["name"] = f"tph-{workload}"
     spec["nn"]["trials"], spec["gbm"]["trials"] = args.nn_trials, args.gbm_trials
+    if knows_realmlp_baseline(checkout):
+        # A trial (RealMLP-TD's defaults) that older versions do not have: without it, two
+        # versions run the same trials, and the rates compare the same work.
+        spec["nn"]["realmlp_baseline"] = False
     # Beside the original, so that the spec's relative data path still resolves.
     spec_path = spec_file.parent / f".tph-{os.getpid()}-{workload}.yaml"
     spec_path.write_text(yaml.safe_dump(spec))

@@ -46,6 +46,7 @@ from sqlalchemy.pool import NullPool
 from hpo.errors import HpoError
 from hpo.storage.locks import engine_lock
 from hpo.storage.masking import mask_text, mask_url
+from hpo.storage.trial_cache import TrialCache
 
 ARTIFACT_ID = "artifact_id"  # trial user attr: its model file (hpo.storage.stored re-exports it)
 
@@ -475,6 +476,8 @@ def _write_rows(
     if params:
         for name, (_, distribution) in params.items():
             known.setdefault(name, distribution)  # as Optuna's cache remembers the first
+    if isinstance(storage, TrialCache):  # it keeps this process's running trials
+        storage.wrote(trial_id, params=params, curve=curve, user_attrs=attrs)
 
 
 def _known_distributions(

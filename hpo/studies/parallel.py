@@ -42,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.storage.backend import defer_user_attrs, flush_user_attrs, trial_state_counts
 from hpo.storage.locks import study_lock
 from hpo.storage.stored import WORKER
+from hpo.storage.trial_cache import TrialCache
 
 WAIT_S = 1.0  # how often a worker with no free trial looks again
 
@@ -130,6 +131,8 @@ def create_or_load(
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         created = False
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage = TrialCache(storage)  # instead of Optuna's cache: reads once per trial
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     return study, created
 

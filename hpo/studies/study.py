@@ -26,6 +26,7 @@ from hpo.spec import StudySpec, Task, spec_hash
 from hpo.storage import stored
 from hpo.storage.locks import study_lock
 from hpo.storage.stored import Kind
+from hpo.storage.trial_cache import TrialCache
 from hpo.studies.parallel import create_or_load, optimize_to_target
 from hpo.studies.pruning import LeanHyperbandPruner
 from hpo.studies.resume import spec_attrs
@@ -284,4 +285,6 @@ def run_study(
         worker=worker,
         log=log,
     )
+    if isinstance(study._storage, TrialCache):
+        study._storage.expire()  # what follows (the ensemble) reads the study as stored
     return study

@@ -1,0 +1,187 @@
+"""Optuna's trial cache, which also knows the trials this process runs: one worker reads
+its study about once a trial, where Optuna's cache read it about 11 times.
+
+Optuna's own cache (``_CachedStorage``, which wraps every database storage) keeps finished
+trials, but reads every unfinished one again on each ``get_all_trials`` and ``get_trial``:
+the sampler, the pruner and ``tell`` did so about 11 times in each digits trial, with six
+statements a read, which made most of what Optuna cost a small trial
+(benchmarks/optuna_overhead.py). Yet most of those reads return what this process wrote
+itself: its running trial, written only here and through here. So :class:`TrialCache`
+
+- keeps this process's running trials as it writes them (every write still goes to the
+  database first, which still checks that the trial may be written), and answers reads
+  of them without a query;
+- reads the rest of the study (other workers' trials, trials enqueued elsewhere) from the
+  database when a trial of its own has finished since the last read, so the sampler sees
+  every result of this worker at once, and otherwise at most every :data:`REFRESH_S`: the
+  sampler and the pruner see other workers' progress up to that much later, as if their
+  reports had taken that much longer to arrive.
+
+It also keeps each study's id by name (Optuna's Hyperband asks for it on every sample and
+pruning check) and looks for other workers' stale trials at most every :data:`REFRESH_S`
+(Optuna looks before every trial, for trials that go stale only after seconds).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from optuna.distributions import BaseDistribution
+from optuna.storages import RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.trial import FrozenTrial, TrialState
+
+REFRESH_S = 1.0  # the longest other workers' trials go unread while this process samples
+
+
+class TrialCache(_CachedStorage):
+    """Optuna's ``_CachedStorage`` over ``backend``, which answers reads of this process's
+    running trials from memory and rereads the rest of a study only when it must."""
+
+    def __init__(self, backend: RDBStorage, refresh_s: float = REFRESH_S) -> None:
+        super().__init__(backend)
+        self.refresh_s = refresh_s
+        self._own: set[int] = set()  # ids of the trials this process has set running
+        self._read_at: dict[int, float] = {}  # study id -> when its trials were last read
+        self._stale_checked_at: dict[int, float] = {}  # study id -> when Optuna last looked
+        self._study_ids: dict[str, int] = {}
+
+    # Reads.
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        # Optuna's cache calls this on every get_all_trials: read only when it is time.
+        now = time.monotonic()
+        if now - self._read_at.get(study_id, -float("inf")) >= self.refresh_s:
+            super()._read_trials_from_remote_storage(study_id)
+            self._read_at[study_id] = now
+
+    def expire(self) -> None:
+        """Read every study from the database on its next read (a run's last trial, kept
+        as written here, is then replaced by what was stored)."""
+        self._read_at.clear()
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        # Optuna's Hyperband makes a study object per bracket on every pruning check and
+        # every sample, each asking for the id: five queries a trial. A name keeps its id.
+        if study_name not in self._study_ids:
+            self._study_ids[study_name] = super().get_study_id_from_name(study_name)
+        return self._study_ids[study_name]
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna looks before every trial; a trial goes stale only after a grace period of
+        # seconds, so looking more often than every REFRESH_S finds nothing sooner.
+        now = time.monotonic()
+        if now - self._stale_checked_at.get(study_id, -float("inf")) < self.refresh_s:
+            return []
+        self._stale_checked_at[study_id] = now
+        return super()._get_stale_trial_ids(study_id)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        trial = self._own_trial(trial_id)
+        if trial is not None:
+            return copy.deepcopy(trial)  # callers (Optuna's Trial) change the copy they get
+        return super().get_trial(trial_id)
+
+    # Writes: to the database first (which checks the trial is still running), then here.
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        if self._cached(trial_id).state == TrialState.RUNNING:
+            self._own.add(trial_id)
+        return trial_id
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        self.wrote(trial_id, params={param_name: (param_value_internal, distribution)})
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        self.wrote(trial_id, curve={step: intermediate_value})
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_user_attr(trial_id, key, value)
+        self.wrote(trial_id, user_attrs={key: value})
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_system_attr(trial_id, key, value)
+        self.wrote(trial_id, system_attrs={key: value})
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if not changed:
+            return False
+        if state == TrialState.RUNNING:  # a waiting (enqueued) trial this process took
+            self._own.add(trial_id)
+            self._replace(self._backend.get_trial(trial_id))
+        elif trial_id in self._own and state.is_finished():
+            trial = copy.copy(self._cached(trial_id))
+            trial.state, trial.values = state, values
+            trial.datetime_complete = datetime.now()  # until the next read brings the stored
+            self._replace(trial)
+            self._own.discard(trial_id)
+            self._read_at.pop(self._study_of(trial_id), None)  # read it back before sampling
+        return True
+
+    def wrote(
+        self,
+        trial_id: int,
+        *,
+        params: dict[str, tuple[float, BaseDistribution]] | None = None,
+        curve: dict[int, float] | None = None,
+        user_attrs: dict[str, Any] | None = None,
+        system_attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep what was just written to one of this process's running trials (params as
+        internal value and distribution, intermediate values, attrs); also for writes made
+        past Optuna's storage API (:mod:`hpo.storage.backend`).
+
+        On a copy, as Optuna's in-memory storage does: a caller may hold the trial from an
+        earlier read (Optuna's successive halving reads the study, then writes the trial's
+        rung, then counts the rung's values in what it read).
+        """
+        old = self._own_trial(trial_id)
+        if old is None:
+            return
+        params = params or {}
+        trial = copy.copy(old)
+        trial.params = old.params | {
+            name: distribution.to_external_repr(internal)
+            for name, (internal, distribution) in params.items()
+        }
+        trial.distributions = old.distributions | {
+            name: distribution for name, (_, distribution) in params.items()
+        }
+        trial.intermediate_values = old.intermediate_values | (curve or {})
+        trial.user_attrs = old.user_attrs | (user_attrs or {})
+        trial.system_attrs = old.system_attrs | (system_attrs or {})
+        self._replace(trial)
+
+    # Where this process's trials are kept: Optuna's cache of the study.
+
+    def _own_trial(self, trial_id: int) -> FrozenTrial | None:
+        return self._cached(trial_id) if trial_id in self._own else None
+
+    def _study_of(self, trial_id: int) -> int:
+        return self._trial_id_to_study_id_and_number[trial_id][0]
+
+    def _cached(self, trial_id: int) -> FrozenTrial:
+        study_id, number = self._trial_id_to_study_id_and_number[trial_id]
+        return self._studies[study_id].trials[number]
+
+    def _replace(self, trial: FrozenTrial) -> None:
+        with self._lock:
+            self._add_trials_to_cache(self._study_of(trial._trial_id), [trial])

@@ -1,0 +1,159 @@
+"""The trial cache answers this process's reads of its own trials from memory, and still
+gives the sampler and the pruner what Optuna's own cache gives them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+
+from hpo.storage.backend import open_storage, write_trial
+from hpo.storage.trial_cache import TrialCache
+from hpo.studies.pruning import LeanHyperbandPruner
+from hpo.studies.reporting import Curve
+
+EPOCHS = 9
+
+
+def _objective(trial: optuna.Trial) -> float:
+    """A made-up learning curve that depends on the params, pruned by the study's pruner,
+    with user attrs written past Optuna's API (as hpo's trainers write them)."""
+    x = trial.suggest_float("x", -3, 3)
+    depth = trial.suggest_int("depth", 1, 3)
+    widths = [trial.suggest_int(f"width_{i}", 4, 64, log=True) for i in range(depth)]
+    curve = Curve(trial)
+    loss = (x - 1) ** 2 + 1 / sum(widths)
+    for epoch in range(EPOCHS):
+        value = loss * (1 + 1 / (epoch + 1))
+        if curve.report(value, epoch):
+            write_trial(trial, {"stopped": epoch}, curve.take())
+            raise optuna.TrialPruned
+    write_trial(trial, {"architecture": str(widths)}, curve.take())
+    return loss
+
+
+def _run(storage: optuna.storages.BaseStorage, trials: int) -> list[tuple[Any, ...]]:
+    """hpo's sampler and pruner on ``_objective``; what each trial holds, as stored."""
+    study = optuna.create_study(
+        study_name="cache",
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(
+            seed=0, multivariate=True, constant_liar=True, n_startup_trials=5
+        ),
+        pruner=LeanHyperbandPruner(min_resource=1, max_resource=EPOCHS),
+    )
+    study.optimize(_objective, n_trials=trials)
+    url = str(_database(storage).engine.url)
+    return [
+        (
+            t.number,
+            t.state,
+            t.values,
+            t.params,
+            t.intermediate_values,
+            json.dumps(t.user_attrs, sort_keys=True),
+            json.dumps(t.system_attrs, sort_keys=True),
+        )
+        for t in optuna.load_study(study_name="cache", storage=url).trials
+    ]
+
+
+def _database(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
+    return getattr(storage, "_backend", storage)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_study_through_the_cache_samples_prunes_and_stores_as_through_optunas(
+    database: str, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    trials = 40
+    if database == "sqlite":
+        optunas = _run(open_storage(f"sqlite:///{workdir}/optuna.db"), trials)
+        ours = _run(TrialCache(open_storage(f"sqlite:///{workdir}/hpo.db")), trials)
+    else:
+        url = request.getfixturevalue("pg_url")
+        optunas = _run(open_storage(url), trials)
+        optuna.delete_study(study_name="cache", storage=url)
+        ours = _run(TrialCache(open_storage(url)), trials)
+    states = {t[1] for t in ours}
+    # Both kinds of trial happened, so both the sampler and the pruner were exercised.
+    assert optuna.trial.TrialState.PRUNED in states
+    assert optuna.trial.TrialState.COMPLETE in states
+    assert ours == optunas
+
+
+def _trial_reads(storage: optuna.storages.RDBStorage) -> list[int]:
+    """A counter of the full reads of trials (a study's, or one) that ``storage`` makes:
+    each loads the trials' params, as no write does."""
+    reads = [0]
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        query = " ".join(statement.split())
+        if query.startswith("SELECT trial_params.trial_id"):
+            reads[0] += 1
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", count)
+    return reads
+
+
+def test_one_worker_reads_the_study_about_once_a_trial(workdir: Path) -> None:
+    plain = open_storage(f"sqlite:///{workdir}/optuna.db")
+    cached = open_storage(f"sqlite:///{workdir}/hpo.db")
+    plain_reads, cached_reads = _trial_reads(plain), _trial_reads(cached)
+    trials = 30
+    _run(plain, trials)
+    _run(TrialCache(cached), trials)
+    # Optuna's cache reads the running trial again on every sample, pruning check and tell.
+    assert plain_reads[0] > 5 * trials
+    assert cached_reads[0] <= 1.1 * trials
+
+
+def test_other_workers_trials_are_read_after_refresh_s(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/shared.db"
+    optuna.create_study(study_name="shared", storage=url)
+    cache = TrialCache(open_storage(url), refresh_s=3600)
+    mine = optuna.load_study(study_name="shared", storage=cache)
+    mine.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert len(mine.trials) == 1  # its own finished trial makes the next read go to storage
+    # Another worker finishes a trial: not read yet, as the last read is recent.
+    optuna.load_study(study_name="shared", storage=url).enqueue_trial({"x": 0.5})
+    other = optuna.load_study(study_name="shared", storage=url)
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert len(mine.trials) == 1
+    cache.expire()
+    assert [t.params["x"] for t in mine.trials][1] == 0.5
+    assert len(mine.trials) == 2
+
+
+def test_own_running_trial_is_kept_as_written_and_handed_out_as_a_copy(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/own.db"
+    cache = TrialCache(open_storage(url))
+    study = optuna.create_study(study_name="own", storage=cache)
+    trial = study.ask()
+    trial.suggest_int("n", 1, 9)
+    write_trial(trial, {"note": "kept"}, {0: 0.5})  # past Optuna's API, as hpo writes
+    trial.set_user_attr("more", 1)
+
+    held = cache.get_trial(trial._trial_id)
+    stored = optuna.load_study(study_name="own", storage=url).trials[0]
+    for attr in ("params", "distributions", "user_attrs", "intermediate_values", "state"):
+        assert getattr(held, attr) == getattr(stored, attr)
+    held.user_attrs["changed"] = True  # a caller's copy
+    assert "changed" not in cache.get_trial(trial._trial_id).user_attrs
+    study.tell(trial, 1.0)
+    assert cache.get_trial(trial._trial_id).values == [1.0]
+
+
+def test_a_write_to_own_trial_that_another_process_failed_is_refused(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/failed.db"
+    cache = TrialCache(open_storage(url))
+    study = optuna.create_study(study_name="failed", storage=cache)
+    trial = study.ask()
+    # Another process (a peer that took this worker for dead) fails the trial.
+    open_storage(url).set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        trial.set_user_attr("late", 1)
