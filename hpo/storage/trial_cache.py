@@ -15,7 +15,10 @@ itself: its running trial, written only here and through here. So :class:`TrialC
   database when a trial of its own has finished since the last read, so the sampler sees
   every result of this worker at once, and otherwise at most every :data:`REFRESH_S`: the
   sampler and the pruner see other workers' progress up to that much later, as if their
-  reports had taken that much longer to arrive.
+  reports had taken that much longer to arrive. So TPE's constant liar keeps a worker's
+  sample away from the trials other workers are running only once it has read them: a
+  trial started less than a second ago may be missed. Where several workers pay off
+  (trials of seconds or more), that is a small part of the trials.
 
 It also keeps each study's id by name (Optuna's Hyperband asks for it on every sample and
 pruning check) and looks for other workers' stale trials at most every :data:`REFRESH_S`
