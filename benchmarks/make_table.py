@@ -331,6 +331,51 @@ def tabular_suite(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _seed_means(r: dict[str, Any]) -> tuple[dict[tuple[str, str], float], dict[str, str]]:
+    """(dataset, model) -> mean test score over seeds; dataset -> its metric."""
+    scores: dict[tuple[str, str], list[float]] = {}
+    for row in r["results"]:
+        scores.setdefault((row["dataset"], row["model"]), []).append(row["test"])
+    metric = {row["dataset"]: row["metric"] for row in r["results"]}
+    return {k: sum(v) / len(v) for k, v in scores.items()}, metric
+
+
+def tabular_suite_default_space(r: dict[str, Any]) -> list[str]:
+    """hpo with its default NN space and scaling against the suite's tabular space (the
+    tabular_suite result beside it), per dataset: how much better the tabular space is."""
+    tabular = json.loads((RESULTS / "tabular_suite.json").read_text())
+    default, metric = _seed_means(r)
+    wide, _ = _seed_means(tabular)
+    models = ("hpo_mlp", "hpo_ensemble", "hpo_ensemble_average")
+    lines = [
+        "**Default space against the tabular space** (`python benchmarks/tabular_suite.py "
+        "--only hpo --budget 40 --space default`; the same tables, splits and budget as the "
+        "suite above; each cell: default space, tabular space, and how much better the "
+        "tabular space is, relative)",
+        "",
+        "| dataset | " + " | ".join(TABULAR_MODELS[m] for m in models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
+    gains: dict[str, list[float]] = {m: [] for m in models}
+    for d in r["datasets"]:
+        cells = []
+        for m in models:
+            if (d, m) not in default or (d, m) not in wide:
+                cells.append("")
+                continue
+            a, b = default[(d, m)], wide[(d, m)]
+            gain = (a - b) / b if metric[d] == "rmse" else (b - a) / a
+            gains[m].append(gain)
+            cells.append(f"{_score(a, metric[d])} / {_score(b, metric[d])} ({gain:+.1%})")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **mean** | "
+        + " | ".join(f"{sum(g) / len(g):+.2%}" if g else "" for g in gains.values())
+        + " |"
+    )
+    return lines
+
+
 FORMATS = {
     "trainer_throughput": trainer_throughput,
     "optuna_overhead": optuna_overhead,
@@ -342,6 +387,7 @@ FORMATS = {
     "predict_memory": predict_memory,
     "onnx_latency": onnx_latency,
     "tabular_suite": tabular_suite,
+    "tabular_suite_default_space": tabular_suite_default_space,
 }
 
 

@@ -71,9 +71,14 @@ BUDGET_S = 50.0  # 12 tables x 3 seeds x (50 s + overhead): about 40 minutes
 NN_SHARE = 2 / 3  # of the budget; the GBM study gets the rest
 OVERHEAD_S = 15.0  # per run beyond the budget on a quiet machine (start, last trial, ensemble)
 BASELINES = ("realmlp_td", "hgb", "xgb_default", "linear")
-PROTOCOL = {
-    "hpo_space": "nn.search_space: defaults plus TABULAR_SPACE in tabular_suite.py; "
+SPACES = {  # --space: hpo's NN space and scaling in the run
+    "tabular": "nn.search_space: defaults plus TABULAR_SPACE in tabular_suite.py; "
     "data.scaling robust; RealMLP-TD enqueued first",
+    "default": "nn.search_space and data.scaling: hpo's defaults for a CSV table; "
+    "RealMLP-TD enqueued first (fitted into that space)",
+}
+PROTOCOL = {
+    "hpo_space": SPACES["tabular"],
     "split": "hpo's 60/20/20 (train/val/test), stratified for classes, per seed",
     "hpo": f"one `hpo run` per dataset and seed: nn.timeout {NN_SHARE:.2f} and gbm.timeout "
     f"{1 - NN_SHARE:.2f} of budget_s; best member of each kind by validation metric",
@@ -356,32 +361,36 @@ TABULAR_SPACE: dict[str, Any] = {
 }
 
 
-def study_spec(name: str, seed: int, budget: float) -> dict[str, Any]:
+def study_spec(name: str, seed: int, budget: float, space: str = "tabular") -> dict[str, Any]:
+    """The spec of one hpo run; ``space`` "default" leaves the NN space and the scaling at
+    hpo's defaults for the table, "tabular" sets TABULAR_SPACE and TABULAR_SCALING."""
     table = TABLES[name]
     many = 100_000  # trials: the timeouts decide
-    data = {"source": "csv", "path": str(write_csv(name)), "target": table.target}
+    data: dict[str, Any] = {"source": "csv", "path": str(write_csv(name)), "target": table.target}
+    nn: dict[str, Any] = {"trials": many, "timeout": round(NN_SHARE * budget, 1)}
+    if space == "tabular":
+        data["scaling"] = TABULAR_SCALING
+        nn["search_space"] = TABULAR_SPACE
     return {
         "name": f"tab-{name}-s{seed}",
         "task": table.task,
         "seed": seed,
-        "data": {**data, "scaling": TABULAR_SCALING},
-        "nn": {
-            "trials": many,
-            "timeout": round(NN_SHARE * budget, 1),
-            "search_space": TABULAR_SPACE,
-        },
+        "data": data,
+        "nn": nn,
         "gbm": {"trials": many, "timeout": round((1 - NN_SHARE) * budget, 1)},
     }
 
 
-def run_hpo(name: str, seed: int, budget: float, python: str) -> dict[str, dict[str, Any]]:
+def run_hpo(
+    name: str, seed: int, budget: float, python: str, space: str = "tabular"
+) -> dict[str, dict[str, Any]]:
     """One ``hpo run`` on a fresh SQLite file; the four hpo rows from its stored leaderboard."""
     import optuna
     import yaml
 
     from hpo.storage.stored import LEADERBOARD, Leaderboard
 
-    spec = study_spec(name, seed, budget)
+    spec = study_spec(name, seed, budget, space)
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
@@ -488,6 +497,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds per hpo run")
     parser.add_argument("--python", default=sys.executable, help="interpreter for hpo run")
     parser.add_argument("--results", type=Path, default=RESULT, help="JSON file to merge into")
+    parser.add_argument(
+        "--space",
+        choices=["tabular", "default"],
+        default="tabular",
+        help="hpo's NN space and scaling: TABULAR_SPACE and robust, or hpo's defaults",
+    )
     args = parser.parse_args()
     names = [n for n in args.datasets.split(",") if n]
     unknown = [n for n in names if n not in TABLES]
@@ -504,7 +519,7 @@ def main() -> None:
         info = describe(name)
         with locked_results(args.results) as result:
             result["datasets"][name] = info
-            result["protocol"] = PROTOCOL
+            result["protocol"] = {**PROTOCOL, "hpo_space": SPACES[args.space]}
         for seed in seeds:
             if args.only != "hpo":
                 for model in models:
@@ -512,7 +527,8 @@ def main() -> None:
                     print(f"{name} seed {seed} {model}: {row}", flush=True)
                     save_result(args.results, name, seed, model, row)
             if args.only != "baselines":
-                for model, row in run_hpo(name, seed, args.budget, args.python).items():
+                rows = run_hpo(name, seed, args.budget, args.python, args.space)
+                for model, row in rows.items():
                     print(f"{name} seed {seed} {model}: test {row['test']:.4f}", flush=True)
                     save_result(args.results, name, seed, model, row)
     print(f"wrote {args.results}")

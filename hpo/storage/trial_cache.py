@@ -127,7 +127,8 @@ class TrialCache(_CachedStorage):
         changed = super().set_trial_state_values(trial_id, state, values)
         if not changed:
             return False
-        if state == TrialState.RUNNING:  # a waiting (enqueued) trial this process took
+        if state == TrialState.RUNNING and trial_id in self._trial_id_to_study_id_and_number:
+            # A waiting (enqueued) trial this process took, from the waiting trials it read.
             self._own.add(trial_id)
             self._replace(self._backend.get_trial(trial_id))
         elif trial_id in self._own and state.is_finished():
