@@ -303,13 +303,25 @@ def save_trial_results(
     """Upload a trial's model file to the artifact store, then write its user attrs
     (``artifact_id`` among them) and the learning ``curve`` not yet written (step ->
     intermediate value) in one transaction: the attrs never name a file that is not there."""
+    artifact_id = upload_bytes(trial, artifacts, filename, model_bytes, mimetype)
+    write_trial(trial, {**attrs, ARTIFACT_ID: artifact_id}, curve)
+
+
+def upload_bytes(
+    trial: optuna.Trial,
+    artifacts: FileSystemArtifactStore,
+    filename: str,
+    raw: bytes,
+    mimetype: str = MODEL_MIMETYPE,
+) -> str:
+    """Store ``raw`` as the trial's artifact ``filename``; its artifact id. (Optuna uploads
+    from a path, so the bytes go through a temporary file of that name.)"""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / filename
-        path.write_bytes(model_bytes)
-        artifact_id = upload_artifact(
+        path.write_bytes(raw)
+        return upload_artifact(
             artifact_store=artifacts, file_path=str(path), study_or_trial=trial, mimetype=mimetype
         )
-    write_trial(trial, {**attrs, ARTIFACT_ID: artifact_id}, curve)
 
 
 # Trial -> user attrs set but not yet written (defer_user_attrs).

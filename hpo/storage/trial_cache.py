@@ -28,6 +28,7 @@ pruning check) and looks for other workers' stale trials at most every :data:`RE
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -57,10 +58,10 @@ class TrialCache(_CachedStorage):
 
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         # Optuna's cache calls this on every get_all_trials: read only when it is time.
-        now = time.monotonic()
-        if now - self._read_at.get(study_id, -float("inf")) >= self.refresh_s:
+        if self._due(self._read_at, study_id):
+            started = time.monotonic()
             super()._read_trials_from_remote_storage(study_id)
-            self._read_at[study_id] = now
+            self._read_at[study_id] = started
 
     def expire(self) -> None:
         """Read every study from the database on its next read (a run's last trial, kept
@@ -77,11 +78,14 @@ class TrialCache(_CachedStorage):
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         # Optuna looks before every trial; a trial goes stale only after a grace period of
         # seconds, so looking more often than every REFRESH_S finds nothing sooner.
-        now = time.monotonic()
-        if now - self._stale_checked_at.get(study_id, -float("inf")) < self.refresh_s:
+        if not self._due(self._stale_checked_at, study_id):
             return []
-        self._stale_checked_at[study_id] = now
+        self._stale_checked_at[study_id] = time.monotonic()
         return super()._get_stale_trial_ids(study_id)
+
+    def _due(self, last: dict[int, float], study_id: int) -> bool:
+        """Whether :attr:`refresh_s` has passed since ``last[study_id]`` (or it never was)."""
+        return time.monotonic() - last.get(study_id, -math.inf) >= self.refresh_s
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         trial = self._own_trial(trial_id)

@@ -19,18 +19,15 @@ a float32 ``.npy`` artifact (``oof_artifact_id``; rows in pool order, see
 from __future__ import annotations
 
 import io
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.artifacts import upload_artifact
 
 from hpo.data.dataset import Dataset
 from hpo.models.metrics import MetricName, recorded_metrics, scores, validation_loss
 from hpo.storage import stored
-from hpo.storage.backend import MODEL_MIMETYPE, FileSystemArtifactStore, write_trial
+from hpo.storage.backend import FileSystemArtifactStore, upload_bytes, write_trial
 
 
 def out_of_fold(data: Dataset, fold_predictions: list[np.ndarray]) -> np.ndarray:
@@ -78,8 +75,8 @@ def save_fold_results(
     """Upload the K fold models and the OOF predictions, then write the trial's attrs and
     the ``curve`` not yet written, in one transaction: the attrs never name a file that is
     not there (as :func:`save_trial_results`)."""
-    fold_ids = [_upload(trial, artifacts, name, raw) for name, raw in fold_files]
-    oof_id = _upload(trial, artifacts, f"oof-trial-{trial.number}.npy", npy_bytes(oof))
+    fold_ids = [upload_bytes(trial, artifacts, name, raw) for name, raw in fold_files]
+    oof_id = upload_bytes(trial, artifacts, f"oof-trial-{trial.number}.npy", npy_bytes(oof))
     files = {
         stored.FOLDS: len(fold_files),
         stored.FOLD_ARTIFACT_IDS: fold_ids,
@@ -87,17 +84,3 @@ def save_fold_results(
         stored.ARTIFACT_ID: fold_ids[0],
     }
     write_trial(trial, {**attrs, **files}, curve)
-
-
-def _upload(
-    trial: optuna.Trial, artifacts: FileSystemArtifactStore, filename: str, raw: bytes
-) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / filename
-        path.write_bytes(raw)
-        return upload_artifact(
-            artifact_store=artifacts,
-            file_path=str(path),
-            study_or_trial=trial,
-            mimetype=MODEL_MIMETYPE,
-        )
