@@ -157,3 +157,48 @@ def test_a_write_to_own_trial_that_another_process_failed_is_refused(workdir: Pa
     open_storage(url).set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         trial.set_user_attr("late", 1)
+
+
+def _stored_system_attrs(url: str, name: str) -> dict[str, Any]:
+    return optuna.load_study(study_name=name, storage=url).trials[0].system_attrs
+
+
+def test_system_attrs_of_own_trial_go_with_its_next_write(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/system.db"
+    database = open_storage(url)
+    commits = [0]
+    sqlalchemy.event.listen(
+        database.engine, "commit", lambda conn: commits.__setitem__(0, commits[0] + 1)
+    )
+    cache = TrialCache(database, refresh_s=0)  # every read goes to the database
+    study = optuna.create_study(study_name="system", storage=cache)
+    trial = study.ask()
+    before = commits[0]
+    # As TPE's constant liar and successive halving set them, mid-trial.
+    cache.set_trial_system_attr(trial._trial_id, "completed_rung_0", 0.25)
+    cache.set_trial_system_attr(trial._trial_id, "relative_params:0", '{"x": 1}')
+    assert commits[0] == before
+    assert _stored_system_attrs(url, "system") == {}
+    # The process sees them at once, also after it reads the study again (the pruner reads
+    # the trial's rungs from here).
+    assert len(study.trials) == 1  # read from the database again (refresh_s=0)
+    assert cache.get_trial(trial._trial_id).system_attrs == {
+        "completed_rung_0": 0.25,
+        "relative_params:0": '{"x": 1}',
+    }
+    before = commits[0]  # (a read is a transaction too)
+    write_trial(trial, {"note": 1}, {0: 0.5})  # the trial's next write takes them along
+    assert commits[0] == before + 1
+    assert _stored_system_attrs(url, "system")["completed_rung_0"] == 0.25
+    # Set after the last write: written when the trial ends, before its state.
+    cache.set_trial_system_attr(trial._trial_id, "completed_rung_1", 0.2)
+    study.tell(trial, 0.2)
+    assert _stored_system_attrs(url, "system") == {
+        "completed_rung_0": 0.25,
+        "completed_rung_1": 0.2,
+        "relative_params:0": '{"x": 1}',
+    }
+    # Another process's trial (not running here): written at once, as Optuna writes.
+    other = optuna.load_study(study_name="system", storage=url).ask()
+    cache.set_trial_system_attr(other._trial_id, "mark", 1)
+    assert optuna.load_study(study_name="system", storage=url).trials[1].system_attrs == {"mark": 1}

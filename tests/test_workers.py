@@ -246,14 +246,14 @@ def test_kill_9_mid_trial_fails_it_retries_it_and_loses_nothing(
         )
         for _ in range(2)
     )
-    # Wait until the victim is in the middle of a trial: it has built its network (the
-    # architecture attr), and trains its 40 epochs (seconds; its curve is written in
-    # batches every 2 s, so an epoch need not be in storage yet).
+    # Wait until the victim is in the middle of a trial: its params are stored (written
+    # as it samples them), so it builds its network and trains its 40 epochs (seconds;
+    # its curve and attrs are written in batches every 2 s, so need not be stored yet).
     deadline = time.monotonic() + 120
     while True:
         assert time.monotonic() < deadline, "the victim never got to train"
         running = _running_trials_of(pg_url, "crash-nn", victim.pid)
-        if running and "architecture" in running[0].user_attrs:
+        if running and running[0].params:
             break
         time.sleep(0.1)
     time.sleep(0.3)

@@ -35,6 +35,7 @@ from optuna.storages._rdb.models import (
     TrialIntermediateValueModel,
     TrialModel,
     TrialParamModel,
+    TrialSystemAttributeModel,
     TrialUserAttributeModel,
 )
 from optuna.storages._rdb.storage import _create_scoped_session as _rdb_scoped_session
@@ -428,7 +429,8 @@ def _write_rows(
     params: dict[str, tuple[float, BaseDistribution]] | None = None,
 ) -> None:
     """A running trial's new params (name -> internal value, distribution), intermediate
-    values and user attrs, on Optuna's tables in one transaction, as Optuna writes each:
+    values and user attrs, and the system attrs that :class:`TrialCache` holds back for
+    it, on Optuna's tables in one transaction, as Optuna writes each:
     the trial checked once (it exists and still runs); each param's distribution checked
     against the study's (from Optuna's cache where it has it, else from the first stored
     param of that name); params and values inserted (each is written once), attrs inserted
@@ -445,8 +447,8 @@ def _write_rows(
                 "intermediate_value_type": kind,
             }
         )
-    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-    dialect = database.engine.name
+    # System attrs that Optuna's sampler and pruner set on the trial since its last write.
+    system_attrs = storage.take_unwritten(trial_id) if isinstance(storage, TrialCache) else {}
     with _rdb_scoped_session(database.scoped_session) as session:
         trial = TrialModel.find_or_raise_by_id(trial_id, session)
         state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
@@ -472,24 +474,39 @@ def _write_rows(
             )
         if values:
             session.execute(sqlalchemy.insert(TrialIntermediateValueModel), values)
-        if rows and dialect in UPSERTS:
-            insert = UPSERTS[dialect](TrialUserAttributeModel).values(rows)
-            key = [TrialUserAttributeModel.trial_id, TrialUserAttributeModel.key]
-            session.execute(
-                insert.on_conflict_do_update(
-                    index_elements=key, set_={"value_json": insert.excluded.value_json}
-                )
-            )
-        elif rows:  # another database: Optuna's own write, row by row
-            for k, v in attrs.items():
-                database._set_trial_attr_without_commit(
-                    session, TrialUserAttributeModel, trial_id, k, v
-                )
+        _set_attrs(session, database, TrialUserAttributeModel, trial_id, attrs)
+        _set_attrs(session, database, TrialSystemAttributeModel, trial_id, system_attrs)
     if params:
         for name, (_, distribution) in params.items():
             known.setdefault(name, distribution)  # as Optuna's cache remembers the first
     if isinstance(storage, TrialCache):  # it keeps this process's running trials
         storage.wrote(trial_id, params=params, curve=curve, user_attrs=attrs)
+
+
+def _set_attrs(
+    session: sqlalchemy.orm.Session,
+    database: optuna.storages.RDBStorage,
+    model: type[TrialUserAttributeModel] | type[TrialSystemAttributeModel],
+    trial_id: int,
+    attrs: dict[str, Any],
+) -> None:
+    """Insert or replace a trial's attrs in ``model``'s table: one statement where the
+    database has an upsert, else Optuna's own write, row by row."""
+    if not attrs:
+        return
+    dialect = database.engine.name
+    if dialect not in UPSERTS:
+        for k, v in attrs.items():
+            database._set_trial_attr_without_commit(session, model, trial_id, k, v)
+        return
+    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    insert = UPSERTS[dialect](model).values(rows)
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=[model.trial_id, model.key],
+            set_={"value_json": insert.excluded.value_json},
+        )
+    )
 
 
 def _known_distributions(

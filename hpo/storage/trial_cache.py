@@ -20,6 +20,12 @@ itself: its running trial, written only here and through here. So :class:`TrialC
   trial started less than a second ago may be missed. Where several workers pay off
   (trials of seconds or more), that is a small part of the trials.
 
+The system attrs that Optuna's sampler and pruner set on this process's running trial
+(TPE's constant liar shares the sampled params, successive halving each rung's value)
+wait for the trial's next write, which hpo makes within :data:`hpo.studies.reporting.FLUSH_S`
+while it trains, and at its end at the latest: three of a digits trial's ten transactions.
+Other workers see them that much later, as they see its learning curve.
+
 It also keeps each study's id by name (Optuna's Hyperband asks for it on every sample and
 pruning check) and looks for other workers' stale trials at most every :data:`REFRESH_S`
 (Optuna looks before every trial, for trials that go stale only after seconds).
@@ -53,6 +59,7 @@ class TrialCache(_CachedStorage):
         self._read_at: dict[int, float] = {}  # study id -> when its trials were last read
         self._stale_checked_at: dict[int, float] = {}  # study id -> when Optuna last looked
         self._study_ids: dict[str, int] = {}
+        self._unwritten: dict[int, dict[str, Any]] = {}  # own trial id -> system attrs
 
     # Reads.
 
@@ -62,6 +69,10 @@ class TrialCache(_CachedStorage):
             started = time.monotonic()
             super()._read_trials_from_remote_storage(study_id)
             self._read_at[study_id] = started
+            # The read brought this process's running trials as stored: put back what is
+            # not stored yet.
+            for trial_id, attrs in self._unwritten.items():
+                self.wrote(trial_id, system_attrs=attrs)
 
     def expire(self) -> None:
         """Read every study from the database on its next read (a run's last trial, kept
@@ -122,12 +133,27 @@ class TrialCache(_CachedStorage):
         self.wrote(trial_id, user_attrs={key: value})
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        super().set_trial_system_attr(trial_id, key, value)
+        if trial_id not in self._own:
+            super().set_trial_system_attr(trial_id, key, value)
+            return
+        # TPE's constant liar (the sampled params) and successive halving (each rung's
+        # value) set these mid-trial: three transactions of a digits trial's ten. They go
+        # with the trial's next write instead (its params, its curve at most FLUSH_S later,
+        # its results, or its end): see take_unwritten.
+        self._unwritten.setdefault(trial_id, {})[key] = value
         self.wrote(trial_id, system_attrs={key: value})
+
+    def take_unwritten(self, trial_id: int) -> dict[str, Any]:
+        """The system attrs of one of this process's running trials that are not yet in the
+        database, for the write that puts them there (:func:`hpo.storage.backend.write_trial`)."""
+        return self._unwritten.pop(trial_id, {})
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
+        # Where no write of the trial took them (a trial that failed, or Optuna's own API).
+        for key, value in self.take_unwritten(trial_id).items():
+            super().set_trial_system_attr(trial_id, key, value)
         changed = super().set_trial_state_values(trial_id, state, values)
         if not changed:
             return False

@@ -23,7 +23,7 @@ from hpo.models.threads import choose_threads
 from hpo.models.train import pick_device
 from hpo.spec import GBMSpace, StudySpec, Task
 from hpo.storage import stored
-from hpo.storage.backend import save_trial_results, write_trial
+from hpo.storage.backend import defer_user_attrs, save_trial_results, write_trial
 from hpo.studies.folds import fold_scores, out_of_fold, save_fold_results
 from hpo.studies.parallel import INTERRUPTS
 from hpo.studies.reporting import Curve
@@ -142,7 +142,7 @@ class GBMObjective(TrialObjective):
             n_jobs=threads,
             max_bin=self.spec.gbm.max_bin,
         )
-        trial.set_user_attr(stored.DEVICE, self.device)
+        defer_user_attrs(trial, {stored.DEVICE: self.device})  # with its next write
         curve = Curve(trial)  # pruned every round, written in few transactions
         if self.data.n_folds:
             return self._run_folds(curve, params, booster_params)

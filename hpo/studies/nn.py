@@ -22,7 +22,7 @@ from hpo.models.train import (
 )
 from hpo.spec import StudySpec
 from hpo.storage import stored
-from hpo.storage.backend import save_trial_results, write_trial
+from hpo.storage.backend import defer_user_attrs, save_trial_results, write_trial
 from hpo.studies.defaults import (
     BASELINE_NAME,
     REALMLP_TD,
@@ -47,7 +47,7 @@ class NNObjective(TrialObjective):
         configure_threads(len(self.data.train.y), self.data.n_features)
         # An enqueued hand-built baseline carries explicit layers in its user attrs.
         mlp = MLPSpec.from_params(params, trial.user_attrs.get(stored.LAYERS))
-        trial.set_user_attr(stored.ARCHITECTURE, mlp.describe())
+        defer_user_attrs(trial, {stored.ARCHITECTURE: mlp.describe()})  # with its next write
         curve = Curve(trial)  # pruned every epoch, written in few transactions
         if self.data.n_folds:
             return self._run_folds(curve, mlp)
