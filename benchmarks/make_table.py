@@ -340,39 +340,93 @@ def _seed_means(r: dict[str, Any]) -> tuple[dict[tuple[str, str], float], dict[s
     return {k: sum(v) / len(v) for k, v in scores.items()}, metric
 
 
-def tabular_suite_default_space(r: dict[str, Any]) -> list[str]:
-    """hpo with its default NN space and scaling against the suite's tabular space (the
-    tabular_suite result beside it), per dataset: how much better the tabular space is."""
-    tabular = json.loads((RESULTS / "tabular_suite.json").read_text())
-    default, metric = _seed_means(r)
-    wide, _ = _seed_means(tabular)
+def _a_against_b(
+    a: dict[str, Any], b: dict[str, Any], datasets: list[str], heading: str
+) -> list[str]:
+    """hpo's rows of two tabular_suite results side by side per dataset: each cell ``a / b
+    (how much better b is, relative)``, and the mean gain of each model."""
+    first, metric = _seed_means(a)
+    second, _ = _seed_means(b)
     models = ("hpo_mlp", "hpo_ensemble", "hpo_ensemble_average")
     lines = [
-        "**Default space against the tabular space** (`python benchmarks/tabular_suite.py "
-        "--only hpo --budget 40 --space default`; the same tables, splits and budget as the "
-        "suite above; each cell: default space, tabular space, and how much better the "
-        "tabular space is, relative)",
+        heading,
         "",
         "| dataset | " + " | ".join(TABULAR_MODELS[m] for m in models) + " |",
         "|---|" + "---:|" * len(models),
     ]
     gains: dict[str, list[float]] = {m: [] for m in models}
-    for d in r["datasets"]:
+    for d in datasets:
         cells = []
         for m in models:
-            if (d, m) not in default or (d, m) not in wide:
+            if (d, m) not in first or (d, m) not in second:
                 cells.append("")
                 continue
-            a, b = default[(d, m)], wide[(d, m)]
-            gain = (a - b) / b if metric[d] == "rmse" else (b - a) / a
+            x, y = first[(d, m)], second[(d, m)]
+            gain = (x - y) / y if metric[d] == "rmse" else (y - x) / x
             gains[m].append(gain)
-            cells.append(f"{_score(a, metric[d])} / {_score(b, metric[d])} ({gain:+.1%})")
+            cells.append(f"{_score(x, metric[d])} / {_score(y, metric[d])} ({gain:+.1%})")
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     lines.append(
         "| **mean** | "
         + " | ".join(f"{sum(g) / len(g):+.2%}" if g else "" for g in gains.values())
         + " |"
     )
+    return lines
+
+
+def _suite() -> dict[str, Any]:
+    return json.loads((RESULTS / "tabular_suite.json").read_text())
+
+
+def tabular_suite_default_space(r: dict[str, Any]) -> list[str]:
+    """hpo with its default NN space and scaling against the suite's tabular space (the
+    tabular_suite result beside it), per dataset: how much better the tabular space is."""
+    return _a_against_b(
+        r,
+        _suite(),
+        list(r["datasets"]),
+        "**Default space against the tabular space** (`python benchmarks/tabular_suite.py "
+        "--only hpo --budget 40 --space default`; the same tables, splits and budget as the "
+        "suite above; each cell: default space, tabular space, and how much better the "
+        "tabular space is, relative)",
+    )
+
+
+def tabular_suite_kfold(r: dict[str, Any]) -> list[str]:
+    """hpo with ``validation: {kfold: K}`` against the suite's holdout runs, and its MLP
+    (a bag of fold models) against RealMLP-TD's single fit."""
+    suite = _suite()
+    k = int(r["protocol"]["hpo_validation"].removeprefix("kfold "))
+    datasets = [d for d in r["datasets"] if any(row["dataset"] == d for row in r["results"])]
+    lines = _a_against_b(
+        suite,
+        r,
+        datasets,
+        "**K-fold bagging on the small tables** (`python benchmarks/tabular_suite.py --only "
+        f"hpo --budget 40 --kfold {k} --datasets {','.join(datasets)}`; the suite's tables, "
+        "splits, space and budget; each cell: holdout (the suite above), "
+        f"{k}-fold, and how much better {k}-fold is, relative. With folds an hpo member is "
+        f"the {k} fold models of its trial, averaged, each trained on {k - 1}/{k} of the "
+        "non-test rows)"
+        if k.isdigit()
+        else "",
+    )
+    ours, metric = _seed_means(r)
+    theirs, _ = _seed_means(suite)
+    for name, scores in (("holdout", theirs), (f"{k}-fold", ours)):
+        gaps = [
+            (theirs[(d, "realmlp_td")] - scores[(d, "hpo_mlp")])
+            / theirs[(d, "realmlp_td")]
+            * (1 if metric[d] == "rmse" else -1)
+            for d in datasets
+            if (d, "hpo_mlp") in scores and (d, "realmlp_td") in theirs
+        ]
+        wins = sum(g >= 0 for g in gaps)
+        lines.append("")
+        lines.append(
+            f"hpo MLP ({name}) against RealMLP-TD on these {len(gaps)} tables: "
+            f"{sum(gaps) / len(gaps):+.2%} relative on average, level or better on {wins}."
+        )
     return lines
 
 
@@ -388,6 +442,7 @@ FORMATS = {
     "onnx_latency": onnx_latency,
     "tabular_suite": tabular_suite,
     "tabular_suite_default_space": tabular_suite_default_space,
+    "tabular_suite_kfold": tabular_suite_kfold,
 }
 
 

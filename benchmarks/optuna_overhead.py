@@ -7,8 +7,9 @@ worker loop, the lock, the search space, pruning by Hyperband every epoch, its u
 and model file), except that training is replaced by a made-up learning curve: what is
 left is what a trial costs besides training. The time per trial around 100 and around
 ``--trials`` finished trials, and the database transactions (commits) and statements per
-trial, are compared with the median trial time of the digits study; the part of that time
-spent in TPE's sampling calls (the search itself) is given apart. ``--before`` measures
+trial, are compared with the median trial time of the digits study (measured once, with
+this checkout, for both versions); the part of that time spent in TPE's sampling calls
+(the search itself) is given apart. ``--before`` measures
 another checkout's hpo first, in a subprocess, so both land in one table from one machine.
 PostgreSQL is the server the tests use, in a fresh database dropped afterwards.
 """
@@ -160,11 +161,9 @@ def postgres_database(server: str | None) -> Iterator[str]:
         yield url
 
 
-def measure_all(trials: int, postgres: str | None) -> dict[str, Any]:
-    """Both storages for the hpo that ``import hpo`` finds."""
+def measure_all(trials: int, postgres: str | None, trial_s: float) -> dict[str, Any]:
+    """Both storages for the hpo that ``import hpo`` finds; shares of a ``trial_s`` trial."""
     windows = [100, trials]
-    trial_s = digits_median_trial_s()
-    print(f"{hpo.__file__}: digits median trial {trial_s * 1000:.0f} ms")
     rows = []
     with tempfile.TemporaryDirectory() as tmp, postgres_database(postgres) as pg:
         for name, url in (("sqlite", f"sqlite:///{tmp}/overhead.db"), ("postgresql", pg)):
@@ -185,13 +184,20 @@ def main() -> None:
     parser.add_argument("--postgres", help="a PostgreSQL URL (default: a fresh database)")
     parser.add_argument("--before", type=Path, help="another checkout to measure first")
     parser.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)  # for --before
+    parser.add_argument("--trial-ms", type=float, help=argparse.SUPPRESS)  # for --before
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # One digits trial for every share: its median over 20 trials varies by tens of ms from
+    # one measurement to the next on a shared machine (71 to 201 ms seen), which would move
+    # a version's share more than its own change did.
+    trial_s = args.trial_ms / 1000 if args.trial_ms else digits_median_trial_s()
+    print(f"{hpo.__file__}: digits median trial {trial_s * 1000:.0f} ms")
     runs = []
     if args.before:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "before.json"
-            command = [sys.executable, __file__, "--trials", str(args.trials), "--json-out"]
+            command = [sys.executable, __file__, "--trials", str(args.trials)]
+            command += ["--trial-ms", str(trial_s * 1000), "--json-out"]
             if args.postgres:
                 command += ["--postgres", args.postgres]
             env = {**os.environ, "PYTHONPATH": str(args.before.resolve())}
@@ -199,7 +205,7 @@ def main() -> None:
             runs.append(
                 {"hpo": checkout_label(args.before.resolve()), **json.loads(out.read_text())}
             )
-    now = measure_all(args.trials, args.postgres)
+    now = measure_all(args.trials, args.postgres, trial_s)
     if args.json_out:
         args.json_out.write_text(json.dumps(now))
         return

