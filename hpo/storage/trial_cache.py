@@ -1,5 +1,5 @@
 """Optuna's trial cache, which also knows the trials this process runs: one worker reads
-its study about once a trial, where Optuna's cache read it about 11 times.
+its study at most once a second, where Optuna's cache read it about 11 times a trial.
 
 Optuna's own cache (``_CachedStorage``, which wraps every database storage) keeps finished
 trials, but reads every unfinished one again on each ``get_all_trials`` and ``get_trial``:
@@ -12,13 +12,13 @@ itself: its running trial, written only here and through here. So :class:`TrialC
   database first, which still checks that the trial may be written), and answers reads
   of them without a query;
 - reads the rest of the study (other workers' trials, trials enqueued elsewhere) from the
-  database when a trial of its own has finished since the last read, so the sampler sees
-  every result of this worker at once, and otherwise at most every :data:`REFRESH_S`: the
-  sampler and the pruner see other workers' progress up to that much later, as if their
-  reports had taken that much longer to arrive. So TPE's constant liar keeps a worker's
-  sample away from the trials other workers are running only once it has read them: a
-  trial started less than a second ago may be missed. Where several workers pay off
-  (trials of seconds or more), that is a small part of the trials.
+  database at most every :data:`REFRESH_S`. The sampler sees every result of this worker
+  at once (its trials end here, as they were written), and other workers' progress up to
+  that much later, as if their reports had taken that much longer to arrive. So TPE's
+  constant liar keeps a worker's sample away from the trials other workers are running
+  only once it has read them: a trial started less than a second ago may be missed.
+  Where several workers pay off (trials of seconds or more), that is a small part of the
+  trials.
 
 The system attrs that Optuna's sampler and pruner set on this process's running trial
 (TPE's constant liar shares the sampled params, successive halving each rung's value)
@@ -167,7 +167,6 @@ class TrialCache(_CachedStorage):
             trial.datetime_complete = datetime.now()  # until the next read brings the stored
             self._replace(trial)
             self._own.discard(trial_id)
-            self._read_at.pop(self._study_of(trial_id), None)  # read it back before sampling
         return True
 
     def wrote(
