@@ -469,7 +469,9 @@ def locked_results(path: Path) -> Iterator[dict[str, Any]]:
         result = (
             json.loads(path.read_text())
             if path.exists()
-            else {"benchmark": "tabular_suite", "datasets": {}, "results": []}
+            # The file's name picks the README table (make_table.FORMATS): tabular_suite,
+            # or a variant's file such as tabular_suite_kfold.
+            else {"benchmark": path.stem, "datasets": {}, "results": []}
         )
         yield result
         result["machine"] = machine()

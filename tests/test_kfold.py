@@ -35,6 +35,7 @@ from hpo.storage.backend import open_artifacts, open_storage
 from hpo.studies.folds import read_npy
 from hpo.studies.gbm import GBM
 from hpo.studies.nn import NN
+from hpo.studies.runner import small_table_hint
 from hpo.studies.study import PRUNE_MIN_ROWS, prunes, run_study
 
 K = 3
@@ -296,6 +297,18 @@ def test_small_data_is_not_pruned_large_data_is(write_spec, monkeypatch) -> None
     ]
     cut = run_study(GBM, big_spec, big, storage, artifacts, n_trials=2)
     assert [t.state for t in cut.trials] == [TrialState.PRUNED] * 2
+
+
+def test_a_small_holdout_table_gets_the_kfold_hint(write_spec) -> None:
+    spec, small = _data(write_spec, {"name": "small", "data": {"name": "wine"}})
+    assert small_table_hint(spec, small) == (
+        f"small: {len(small.val.y)} validation rows pick the best trials; on a table this "
+        f"small, data.validation: {{kfold: 5}} scores each trial on all "
+        f"{len(small.train.y) + len(small.val.y)} non-test rows and bags its fold models"
+    )
+    folded = _data(write_spec, {"data": {"name": "wine", "validation": {"kfold": 3}}})
+    assert small_table_hint(*folded) is None
+    assert small_table_hint(*_data(write_spec, {})) is None  # digits: 1,077 training rows
 
 
 def test_an_ensemble_with_fewer_members_than_asked_says_so(write_spec, capsys) -> None:

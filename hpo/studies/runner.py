@@ -21,7 +21,7 @@ from hpo.storage.stored import Kind, Leaderboard
 from hpo.studies.gbm import GBM
 from hpo.studies.nn import NN
 from hpo.studies.resume import archive_studies, check_rerun, note_target_met
-from hpo.studies.study import Family, TrialCallback, run_study
+from hpo.studies.study import PRUNE_MIN_ROWS, Family, TrialCallback, run_study
 
 # The model families a run tunes, in order; a new family is one more entry (see README).
 FAMILIES: tuple[Family, ...] = (NN, GBM)
@@ -132,6 +132,9 @@ def run_spec(
         else f"{len(data.pool.y)} rows in {data.n_folds} folds, {len(data.test.y)} test rows"
     )
     log(f"{spec.name}: {data.source}, {splits}; storage {mask_url(resolve_url(options.storage))}")
+    hint = small_table_hint(spec, data)
+    if hint is not None and not worker:
+        notes.append(hint)
     if new_database is not None:
         notes.insert(0, f"{spec.name}: a new SQLite database at {new_database}")
     for note in notes:
@@ -154,3 +157,18 @@ def run_spec(
     if worker:
         return RunResult(studies, data, ensemble=None)
     return RunResult(studies, data, ensemble=make_ensemble(spec, studies, data, artifacts))
+
+
+def small_table_hint(spec: StudySpec, data: Dataset) -> str | None:
+    """A line for a holdout study on a small table, where a few dozen validation rows pick
+    the best of many trials: K folds score each trial on every non-test row and bag its K
+    fold models. On the tabular suite's five tables under 600 rows 5 folds made the best
+    MLP 2.2% better on average and level with RealMLP-TD (README, "K-fold bagging"). The
+    bound is the pruning one: below it a trial is cheap, so K of them cost little."""
+    if data.pool is not None or len(data.train.y) >= PRUNE_MIN_ROWS:
+        return None
+    return (
+        f"{spec.name}: {len(data.val.y)} validation rows pick the best trials; on a table "
+        "this small, data.validation: {kfold: 5} scores each trial on all "
+        f"{len(data.train.y) + len(data.val.y)} non-test rows and bags its fold models"
+    )
