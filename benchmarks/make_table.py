@@ -409,8 +409,8 @@ def tabular_suite_kfold(r: dict[str, Any]) -> list[str]:
         f"the {k} fold models of its trial, averaged, each trained on {k - 1}/{k} of the "
         "non-test rows)",
     )
-    ours, metric = _seed_means(r)
-    theirs, _ = _seed_means(suite)
+    ours, _ = _seed_means(r)
+    theirs, metric = _seed_means(suite)  # the suite's rows name every dataset's metric
     everywhere = list(suite["datasets"])
     views = (
         ("holdout", theirs, datasets),
@@ -421,7 +421,7 @@ def tabular_suite_kfold(r: dict[str, Any]) -> list[str]:
         gaps = [
             (theirs[(d, "realmlp_td")] - scores[(d, "hpo_mlp")])
             / theirs[(d, "realmlp_td")]
-            * (1 if metric.get(d, _metric_of(suite, d)) == "rmse" else -1)
+            * (1 if metric[d] == "rmse" else -1)
             for d in tables
             if (d, "hpo_mlp") in scores and (d, "realmlp_td") in theirs
         ]
@@ -432,10 +432,6 @@ def tabular_suite_kfold(r: dict[str, Any]) -> list[str]:
             f"{sum(gaps) / len(gaps):+.2%} relative on average, level or better on {wins}."
         )
     return lines
-
-
-def _metric_of(result: dict[str, Any], dataset: str) -> str:
-    return next(row["metric"] for row in result["results"] if row["dataset"] == dataset)
 
 
 FORMATS = {

@@ -9,8 +9,8 @@ left is what a trial costs besides training. The time per trial around 100 and a
 ``--trials`` finished trials, and the database transactions (commits) and statements per
 trial, are compared with the median trial time of the digits study (measured once, with
 this checkout, for both versions); the part of that time spent in TPE's sampling calls
-(the search itself) is given apart. ``--before`` measures
-another checkout's hpo first, in a subprocess, so both land in one table from one machine.
+(the search itself) is given apart. ``--before`` measures another checkout's hpo first,
+in a subprocess, so both land in one table from one machine.
 PostgreSQL is the server the tests use, in a fresh database dropped afterwards.
 """
 

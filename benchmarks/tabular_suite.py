@@ -35,7 +35,10 @@ checked against :func:`hpo.data.dataset.load_dataset`):
 Scores: test accuracy for classification, test RMSE in target units for regression (and
 test log loss where a model gives probabilities). Results go to
 ``benchmarks/results/tabular_suite.json``, one entry per (dataset, seed, model), merged
-with what the file holds, so the baselines and the hpo rows can be run apart.
+with what the file holds, so the baselines and the hpo rows can be run apart. A variant
+of hpo's rows (``--space default``, ``--kfold K``) goes to its own file beside it
+(``tabular_suite_default_space.json``, ``tabular_suite_kfold.json``), which the README
+compares with the suite's.
 """
 
 from __future__ import annotations
@@ -65,6 +68,15 @@ from hpo.data.dataset import _encode_targets, _load_raw, load_dataset
 from hpo.spec import DataSpec, Task
 
 RESULT = RESULTS / "tabular_suite.json"
+
+
+def result_path(space: str, kfold: int) -> Path:
+    """The default results file of a run: the suite's own, or a variant's beside it (a
+    variant's rows must not replace the suite's, which the variant tables compare with)."""
+    variant = ("_default_space" if space == "default" else "") + ("_kfold" if kfold else "")
+    return RESULT.with_stem(RESULT.stem + variant)
+
+
 DATA_DIR = REPO / "data" / "tabular"  # the CSVs hpo reads (ignored by git)
 SEEDS = (0, 1, 2)
 BUDGET_S = 50.0  # 12 tables x 3 seeds x (50 s + overhead): about 40 minutes
@@ -503,7 +515,12 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(BASELINES), help="baselines to fit")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds per hpo run")
     parser.add_argument("--python", default=sys.executable, help="interpreter for hpo run")
-    parser.add_argument("--results", type=Path, default=RESULT, help="JSON file to merge into")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="JSON file to merge into (default: tabular_suite.json, or the variant's file "
+        "for --space default or --kfold, such as tabular_suite_kfold.json)",
+    )
     parser.add_argument(
         "--space",
         choices=["tabular", "default"],
@@ -518,6 +535,7 @@ def main() -> None:
         "default 0: the holdout split. Members are then fold-model bags.",
     )
     args = parser.parse_args()
+    args.results = args.results or result_path(args.space, args.kfold)
     names = [n for n in args.datasets.split(",") if n]
     unknown = [n for n in names if n not in TABLES]
     if unknown:
