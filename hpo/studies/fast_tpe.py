@@ -1,22 +1,35 @@
-"""TPE's normal log-CDF in C: the same samples (to rounding), a third less time per sample.
+"""Optuna's TPE, drawing the same samples, with less work per sample.
 
-Optuna's TPE scores its candidates under truncated normal kernels, and computes the log of
-the normal CDF (``log_ndtr``) with a Python function applied element by element
-(``np.frompyfunc`` in ``optuna.samplers._tpe._truncnorm``), because Optuna does not depend
-on scipy (optuna/optuna#5478). With hpo's search space that was about 1.2 million Python
-calls in 200 trials, a third of TPE's time. hpo depends on scipy, whose
-``scipy.special.log_ndtr`` is the same function, vectorized in C and at least as accurate
-(the two agree to 6e-8 relative from -60 to 60). Optuna's module looks the function up by
-its global name on every call, so replacing that name is enough. A seeded study samples
-the same params as before, to 1e-9 relative (tests/test_fast_tpe.py). Should a later
-Optuna 5 move that private module, TPE runs as Optuna wrote it, and that test fails.
+TPE reads the whole study on every sample: at 1000 trials that cost more than a digits
+trial's training (benchmarks/optuna_overhead.py). Two changes keep its answers and cut its
+time (tests/test_fast_tpe.py checks that a seeded study samples the same params):
+
+- **log Φ in C.** TPE scores its candidates under truncated normal kernels and computes the
+  log of the normal CDF (``log_ndtr``) with a Python function applied element by element
+  (``np.frompyfunc`` in ``optuna.samplers._tpe._truncnorm``), because Optuna does not
+  depend on scipy (optuna/optuna#5478). hpo does, and ``scipy.special.log_ndtr`` is the
+  same function vectorized (the two agree to 6e-8 relative from -60 to 60). Optuna's
+  module looks the name up on every call, so replacing it is enough.
+- **A finished trial's part done once.** On every sample TPE converts every trial's params
+  to its internal numbers and scores every pruned and infeasible trial to split the study
+  into good and bad trials: Python work per trial and param, most of TPE's time at 1000
+  trials. A finished trial never changes, so :class:`FastTPESampler` keeps both for each.
+
+Should a later Optuna 5 move these private names, the tests fail in CI.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
+import numpy as np
+import optuna
 import scipy.special
+from optuna.distributions import BaseDistribution
+from optuna.samplers._tpe import sampler as _tpe
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
 
 _truncnorm: ModuleType | None
 try:
@@ -27,8 +40,127 @@ except ImportError:  # pragma: no cover - a later Optuna; its TPE is used as it 
 # As Optuna defines it (this module replaces it).
 OPTUNAS_LOG_NDTR = getattr(_truncnorm, "_log_ndtr", None)
 
+_UNSEEN = object()
+
 
 def use_scipy_log_ndtr() -> None:
     """Make Optuna's TPE compute log Φ with scipy (idempotent; for the whole process)."""
     if OPTUNAS_LOG_NDTR is not None:
         _truncnorm._log_ndtr = scipy.special.log_ndtr  # type: ignore[union-attr]
+
+
+class FastTPESampler(optuna.samplers.TPESampler):
+    """:class:`optuna.samplers.TPESampler` (same arguments, same samples) that converts and
+    scores each finished trial once. One instance samples one study (trials are known by
+    number), as hpo makes them (:func:`hpo.studies.study.make_sampler`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        use_scipy_log_ndtr()
+        self._space: tuple[tuple[str, BaseDistribution], ...] = ()
+        # Finished trial number -> its params' internal values in the order of ``_space``
+        # (None where it lacks one of them).
+        self._rows: dict[int, tuple[float, ...] | None] = {}
+        # Finished trial number -> Optuna's scores to split it by: infeasibility, pruned rank.
+        self._infeasible: dict[int, float] = {}
+        self._pruned: dict[int, tuple[float, float]] = {}
+
+    def _get_internal_repr(
+        self, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution], study: Study
+    ) -> dict[str, np.ndarray]:
+        # Optuna's, with each finished trial's row kept for the next sample.
+        space = tuple(search_space.items())
+        if space != self._space:
+            self._space, self._rows = space, {}
+        rows = []
+        for trial in trials:
+            row = self._rows.get(trial.number, _UNSEEN) if trial.state.is_finished() else _UNSEEN
+            if row is _UNSEEN:
+                row = self._row(trial, search_space, study)
+                if trial.state.is_finished():
+                    self._rows[trial.number] = row
+            if row is not None:
+                rows.append(row)
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in search_space]
+        return {name: np.asarray(col) for name, col in zip(search_space, columns, strict=True)}
+
+    def _row(
+        self, trial: FrozenTrial, search_space: dict[str, BaseDistribution], study: Study
+    ) -> tuple[float, ...] | None:
+        params = self._get_params(trial, study)
+        if not search_space.keys() <= params.keys():
+            return None
+        return tuple(d.to_internal_repr(params[name]) for name, d in search_space.items())
+
+    def _sample(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if study._is_multi_objective():
+            return super()._sample(study, trial, search_space)
+        # Optuna 5's TPESampler._sample for one objective, splitting with _split_trials below.
+        if self._constant_liar:
+            states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING]
+        else:
+            states = [TrialState.COMPLETE, TrialState.PRUNED]
+        trials = study._get_trials(deepcopy=False, states=states, use_cache=not self._constant_liar)
+        if self._constant_liar:
+            trials = [t for t in trials if trial.number != t.number]
+        if self._gamma is None:
+            self._gamma = _tpe.default_gamma
+        n = sum(t.state != TrialState.RUNNING for t in trials)
+        below_trials, above_trials = self._split_trials(study, trials, self._gamma(n))
+        mpe_below = self._build_parzen_estimator(study, search_space, below_trials, True)
+        mpe_above = self._build_parzen_estimator(study, search_space, above_trials, False)
+        samples_below = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
+        acq_func_vals = self._compute_acquisition_func(samples_below, mpe_below, mpe_above)
+        ret = self._compare(samples_below, acq_func_vals)
+        for param_name, dist in search_space.items():
+            ret[param_name] = dist.to_external_repr(ret[param_name])
+        return ret
+
+    def _split_trials(
+        self, study: Study, trials: list[FrozenTrial], n_below: int
+    ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+        """Optuna 5's ``_split_trials`` for one objective, with each finished trial's
+        scores kept."""
+        complete, pruned, running, infeasible = [], [], [], []
+        for trial in trials:
+            if trial.state == TrialState.RUNNING:
+                running.append(trial)
+            elif self._score(self._infeasible, trial, _tpe._get_infeasible_trial_score) > 0:
+                infeasible.append(trial)
+            elif trial.state == TrialState.COMPLETE:
+                complete.append(trial)
+            elif trial.state == TrialState.PRUNED:
+                pruned.append(trial)
+            else:
+                raise AssertionError(trial.state)
+        below_complete, above_complete = _tpe._split_complete_trials(complete, study, n_below)
+        n_below = max(0, n_below - len(below_complete))
+        below_pruned, above_pruned = self._split_by(
+            pruned, n_below, self._pruned, lambda t: _tpe._get_pruned_trial_score(t, study)
+        )
+        n_below = max(0, n_below - len(below_pruned))
+        below_infeasible, above_infeasible = self._split_by(
+            infeasible, n_below, self._infeasible, _tpe._get_infeasible_trial_score
+        )
+        below = below_complete + below_pruned + below_infeasible
+        above = above_complete + above_pruned + above_infeasible + running
+        below.sort(key=lambda t: t.number)
+        above.sort(key=lambda t: t.number)
+        return below, above
+
+    def _split_by(
+        self, trials: list[FrozenTrial], n_below: int, memo: dict[int, Any], score: Any
+    ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+        """The ``n_below`` lowest-scored ``trials``, and the rest (a stable sort, as Optuna's)."""
+        n_below = min(n_below, len(trials))
+        ranked = sorted(trials, key=lambda t: self._score(memo, t, score))
+        return ranked[:n_below], ranked[n_below:]
+
+    @staticmethod
+    def _score(memo: dict[int, Any], trial: FrozenTrial, score: Any) -> Any:
+        """``score(trial)``, computed once per finished trial."""
+        if trial.number not in memo:
+            memo[trial.number] = score(trial)
+        return memo[trial.number]
