@@ -21,7 +21,8 @@ EPOCHS = 9
 
 def _objective(trial: optuna.Trial) -> float:
     """A made-up learning curve that depends on the params, pruned by the study's pruner,
-    with user attrs written past Optuna's API (as hpo's trainers write them)."""
+    with user attrs written past Optuna's API (as hpo's trainers write them; the last
+    write goes with the trial's state where the storage is a TrialCache)."""
     x = trial.suggest_float("x", -3, 3)
     depth = trial.suggest_int("depth", 1, 3)
     widths = [trial.suggest_int(f"width_{i}", 4, 64, log=True) for i in range(depth)]
@@ -30,9 +31,9 @@ def _objective(trial: optuna.Trial) -> float:
     for epoch in range(EPOCHS):
         value = loss * (1 + 1 / (epoch + 1))
         if curve.report(value, epoch):
-            write_trial(trial, {"stopped": epoch}, curve.take())
+            write_trial(trial, {"stopped": epoch}, curve.take(), last=True)
             raise optuna.TrialPruned
-    write_trial(trial, {"architecture": str(widths)}, curve.take())
+    write_trial(trial, {"architecture": str(widths)}, curve.take(), last=True)
     return loss
 
 
@@ -203,3 +204,58 @@ def test_system_attrs_of_own_trial_go_with_its_next_write(workdir: Path) -> None
     other = optuna.load_study(study_name="system", storage=url).ask()
     cache.set_trial_system_attr(other._trial_id, "mark", 1)
     assert optuna.load_study(study_name="system", storage=url).trials[1].system_attrs == {"mark": 1}
+
+
+def _stored_trial(url: str, name: str) -> optuna.trial.FrozenTrial:
+    return optuna.load_study(study_name=name, storage=url).trials[0]
+
+
+@pytest.mark.parametrize("end", ["complete", "pruned"])
+def test_a_trials_last_write_goes_with_its_state(workdir: Path, end: str) -> None:
+    url = f"sqlite:///{workdir}/last.db"
+    database = open_storage(url)
+    commits = [0]
+    sqlalchemy.event.listen(
+        database.engine, "commit", lambda conn: commits.__setitem__(0, commits[0] + 1)
+    )
+    cache = TrialCache(database)
+    study = optuna.create_study(study_name="last", storage=cache)
+    trial = study.ask()
+    write_trial(trial, {}, {0: 0.9})  # mid-trial: written at once
+    cache.set_trial_system_attr(trial._trial_id, "completed_rung_0", 0.9)
+    before = commits[0]
+    write_trial(trial, {"val_loss": 0.5}, {1: 0.7, 2: 0.5}, last=True)
+    # Not in the database yet, but this process sees it (Optuna's tell reads the curve).
+    assert commits[0] == before
+    assert _stored_trial(url, "last").user_attrs == {}
+    assert trial.user_attrs == {"val_loss": 0.5}
+    assert cache.get_trial(trial._trial_id).intermediate_values == {0: 0.9, 1: 0.7, 2: 0.5}
+    if end == "complete":
+        study.tell(trial, 0.5)
+    else:  # Optuna gives a pruned trial its last reported value
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert commits[0] == before + 1  # rows and state in one transaction
+    stored = _stored_trial(url, "last")
+    assert stored.state.name == end.upper()
+    assert stored.value == 0.5 and stored.datetime_complete is not None
+    assert stored.user_attrs == {"val_loss": 0.5}
+    assert stored.intermediate_values == {0: 0.9, 1: 0.7, 2: 0.5}
+    assert stored.system_attrs == {"completed_rung_0": 0.9}
+    assert cache.get_trial(trial._trial_id).state == stored.state
+
+
+def test_a_last_write_is_refused_with_the_state_where_another_process_ended_it(
+    workdir: Path,
+) -> None:
+    url = f"sqlite:///{workdir}/ended.db"
+    cache = TrialCache(open_storage(url))
+    study = optuna.create_study(study_name="ended", storage=cache)
+    trial = study.ask()
+    write_trial(trial, {"val_loss": 0.5}, {0: 0.5}, last=True)
+    # A peer took this worker for dead and failed its trial meanwhile.
+    open_storage(url).set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        cache.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE, [0.5])
+    stored = _stored_trial(url, "ended")
+    assert stored.state.name == "FAIL"
+    assert stored.user_attrs == {} and stored.intermediate_values == {}

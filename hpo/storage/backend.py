@@ -14,8 +14,9 @@ import socket
 import sqlite3
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from sqlalchemy.pool import NullPool
 from hpo.errors import HpoError
 from hpo.storage.locks import engine_lock
 from hpo.storage.masking import mask_text, mask_url
-from hpo.storage.trial_cache import TrialCache
+from hpo.storage.trial_cache import TrialCache, Unwritten
 
 ARTIFACT_ID = "artifact_id"  # trial user attr: its model file (hpo.storage.stored re-exports it)
 
@@ -303,9 +304,10 @@ def save_trial_results(
 ) -> None:
     """Upload a trial's model file to the artifact store, then write its user attrs
     (``artifact_id`` among them) and the learning ``curve`` not yet written (step ->
-    intermediate value) in one transaction: the attrs never name a file that is not there."""
+    intermediate value) with its state (``last``): the attrs never name a file that is
+    not there."""
     artifact_id = upload_bytes(trial, artifacts, filename, model_bytes, mimetype)
-    write_trial(trial, {**attrs, ARTIFACT_ID: artifact_id}, curve)
+    write_trial(trial, {**attrs, ARTIFACT_ID: artifact_id}, curve, last=True)
 
 
 def upload_bytes(
@@ -346,7 +348,11 @@ def flush_user_attrs(trial: optuna.Trial) -> None:
 
 
 def write_trial(
-    trial: optuna.Trial, attrs: dict[str, Any], curve: dict[int, float] | None = None
+    trial: optuna.Trial,
+    attrs: dict[str, Any],
+    curve: dict[int, float] | None = None,
+    *,
+    last: bool = False,
 ) -> None:
     """Set a running trial's user ``attrs`` (and any deferred ones) and new intermediate
     values (``curve``, step -> value), in one transaction where the storage is a database.
@@ -356,12 +362,21 @@ def write_trial(
     cost (benchmarks/optuna_overhead.py). Here the trial is checked once (it exists and is
     still running, as Optuna checks), then one multi-row statement writes the values and
     one the attrs. Other storages (in memory, the gRPC proxy) take them one by one.
+
+    Args:
+        last: the trial's last write (its results, or why it stopped), which its objective
+            makes just before it returns or raises. Where hpo's :class:`TrialCache` runs
+            the trial, the rows then go in the transaction that sets its state (a moment
+            later, as Optuna tells it), not in one of their own; the process sees them at
+            once. Should the process die in between, the trial was not finished either.
     """
     attrs = {**_PENDING_ATTRS.pop(trial, {}), **attrs}
     curve = curve or {}
     storage = trial.storage
     database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
-    if isinstance(database, optuna.storages.RDBStorage):
+    if last and isinstance(storage, TrialCache) and storage.defer(trial._trial_id, attrs, curve):
+        pass  # written with the trial's state, in one transaction
+    elif isinstance(database, optuna.storages.RDBStorage):
         _write_rows(storage, database, trial._trial_id, attrs=attrs, curve=curve)
     else:
         for step, value in curve.items():
@@ -427,15 +442,22 @@ def _write_rows(
     attrs: dict[str, Any],
     curve: dict[int, float] | None = None,
     params: dict[str, tuple[float, BaseDistribution]] | None = None,
+    end: tuple[TrialState, Sequence[float] | None] | None = None,
 ) -> None:
     """A running trial's new params (name -> internal value, distribution), intermediate
-    values and user attrs, and the system attrs that :class:`TrialCache` holds back for
-    it, on Optuna's tables in one transaction, as Optuna writes each:
+    values and user attrs, what :class:`TrialCache` holds back for it, and with ``end``
+    its finished state and values, on Optuna's tables in one transaction, as Optuna
+    writes each:
     the trial checked once (it exists and still runs); each param's distribution checked
     against the study's (from Optuna's cache where it has it, else from the first stored
     param of that name); params and values inserted (each is written once), attrs inserted
     or replaced. One multi-row statement each."""
-    params, curve = params or {}, curve or {}
+    # What TrialCache holds for the trial: system attrs its sampler and pruner set since its
+    # last write, and its last user attrs and values where it waits for the state (defer).
+    unwritten = storage.take_unwritten(trial_id) if isinstance(storage, TrialCache) else Unwritten()
+    params = params or {}
+    curve = unwritten.curve | (curve or {})
+    attrs = unwritten.user_attrs | attrs
     values = []
     for step, value in curve.items():
         stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
@@ -447,10 +469,8 @@ def _write_rows(
                 "intermediate_value_type": kind,
             }
         )
-    # System attrs that Optuna's sampler and pruner set on the trial since its last write.
-    system_attrs = storage.take_unwritten(trial_id) if isinstance(storage, TrialCache) else {}
     with _rdb_scoped_session(database.scoped_session) as session:
-        trial = TrialModel.find_or_raise_by_id(trial_id, session)
+        trial = TrialModel.find_or_raise_by_id(trial_id, session, for_update=end is not None)
         state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
         database.check_trial_is_updatable(trial_id, state)
         if params:
@@ -475,12 +495,35 @@ def _write_rows(
         if values:
             session.execute(sqlalchemy.insert(TrialIntermediateValueModel), values)
         _set_attrs(session, database, TrialUserAttributeModel, trial_id, attrs)
-        _set_attrs(session, database, TrialSystemAttributeModel, trial_id, system_attrs)
+        _set_attrs(session, database, TrialSystemAttributeModel, trial_id, unwritten.system_attrs)
+        if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
+            new_state, objective_values = end
+            for objective, value in enumerate(objective_values or ()):
+                database._set_trial_value_without_commit(session, trial, objective, value)
+            trial.state = new_state
+            trial.datetime_complete = datetime.now()
     if params:
         for name, (_, distribution) in params.items():
             known.setdefault(name, distribution)  # as Optuna's cache remembers the first
     if isinstance(storage, TrialCache):  # it keeps this process's running trials
         storage.wrote(trial_id, params=params, curve=curve, user_attrs=attrs)
+
+
+def finish_trial(
+    storage: TrialCache,
+    database: optuna.storages.RDBStorage,
+    trial_id: int,
+    state: TrialState,
+    values: Sequence[float] | None,
+) -> bool:
+    """End one of ``storage``'s running trials in ``state`` with what it holds back for
+    it, in one transaction; False where a concurrent write got there first, as Optuna's
+    ``set_trial_state_values`` answers."""
+    try:
+        _write_rows(storage, database, trial_id, attrs={}, end=(state, values))
+    except sqlalchemy.exc.IntegrityError:
+        return False
+    return True
 
 
 def _set_attrs(

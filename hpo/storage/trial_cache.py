@@ -24,7 +24,9 @@ The system attrs that Optuna's sampler and pruner set on this process's running 
 (TPE's constant liar shares the sampled params, successive halving each rung's value)
 wait for the trial's next write, which hpo makes within :data:`hpo.studies.reporting.FLUSH_S`
 while it trains, and at its end at the latest: three of a digits trial's ten transactions.
-Other workers see them that much later, as they see its learning curve.
+Other workers see them that much later, as they see its learning curve. A trial's last
+write (its results, or why it stopped) waits for its state, a moment later, and goes in
+the same transaction (:meth:`TrialCache.defer`).
 
 It also keeps each study's id by name (Optuna's Hyperband asks for it on every sample and
 pruning check) and looks for other workers' stale trials at most every :data:`REFRESH_S`
@@ -37,6 +39,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +49,19 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 REFRESH_S = 1.0  # the longest other workers' trials go unread while this process samples
+
+
+@dataclass
+class Unwritten:
+    """What one of this process's running trials holds that the database has not yet: the
+    system attrs its sampler and pruner set, and its last user attrs and values."""
+
+    system_attrs: dict[str, Any] = field(default_factory=dict)
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    curve: dict[int, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.system_attrs or self.user_attrs or self.curve)
 
 
 class TrialCache(_CachedStorage):
@@ -59,7 +75,7 @@ class TrialCache(_CachedStorage):
         self._read_at: dict[int, float] = {}  # study id -> when its trials were last read
         self._stale_checked_at: dict[int, float] = {}  # study id -> when Optuna last looked
         self._study_ids: dict[str, int] = {}
-        self._unwritten: dict[int, dict[str, Any]] = {}  # own trial id -> system attrs
+        self._unwritten: dict[int, Unwritten] = {}  # own trial id -> not yet in the database
 
     # Reads.
 
@@ -71,8 +87,13 @@ class TrialCache(_CachedStorage):
             self._read_at[study_id] = started
             # The read brought this process's running trials as stored: put back what is
             # not stored yet.
-            for trial_id, attrs in self._unwritten.items():
-                self.wrote(trial_id, system_attrs=attrs)
+            for trial_id, rows in self._unwritten.items():
+                self.wrote(
+                    trial_id,
+                    curve=rows.curve,
+                    user_attrs=rows.user_attrs,
+                    system_attrs=rows.system_attrs,
+                )
 
     def expire(self) -> None:
         """Read every study from the database on its next read (a run's last trial, kept
@@ -140,21 +161,37 @@ class TrialCache(_CachedStorage):
         # value) set these mid-trial: three transactions of a digits trial's ten. They go
         # with the trial's next write instead (its params, its curve at most FLUSH_S later,
         # its results, or its end): see take_unwritten.
-        self._unwritten.setdefault(trial_id, {})[key] = value
+        self._unwritten.setdefault(trial_id, Unwritten()).system_attrs[key] = value
         self.wrote(trial_id, system_attrs={key: value})
 
-    def take_unwritten(self, trial_id: int) -> dict[str, Any]:
-        """The system attrs of one of this process's running trials that are not yet in the
-        database, for the write that puts them there (:func:`hpo.storage.backend.write_trial`)."""
-        return self._unwritten.pop(trial_id, {})
+    def defer(self, trial_id: int, user_attrs: dict[str, Any], curve: dict[int, float]) -> bool:
+        """Keep a running trial's last user attrs and values for the write of its state,
+        which follows (one transaction instead of two); they are seen here at once. False
+        where the trial is not one this process runs: write them now."""
+        if trial_id not in self._own:
+            return False
+        rows = self._unwritten.setdefault(trial_id, Unwritten())
+        rows.user_attrs.update(user_attrs)
+        rows.curve.update(curve)
+        self.wrote(trial_id, user_attrs=user_attrs, curve=curve)
+        return True
+
+    def take_unwritten(self, trial_id: int) -> Unwritten:
+        """What one of this process's running trials holds that is not yet in the database,
+        for the write that puts it there (:func:`hpo.storage.backend.write_trial`)."""
+        return self._unwritten.pop(trial_id, Unwritten())
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        # Where no write of the trial took them (a trial that failed, or Optuna's own API).
-        for key, value in self.take_unwritten(trial_id).items():
-            super().set_trial_system_attr(trial_id, key, value)
-        changed = super().set_trial_state_values(trial_id, state, values)
+        if self._unwritten.get(trial_id) and state.is_finished():
+            # Its last rows and its state in one transaction. (Imported here: the backend
+            # module, which writes rows past Optuna's API, imports this one.)
+            from hpo.storage.backend import finish_trial
+
+            changed = finish_trial(self, self._backend, trial_id, state, values)
+        else:
+            changed = super().set_trial_state_values(trial_id, state, values)
         if not changed:
             return False
         if state == TrialState.RUNNING and trial_id in self._trial_id_to_study_id_and_number:

@@ -83,4 +83,4 @@ def save_fold_results(
         stored.OOF_ARTIFACT_ID: oof_id,
         stored.ARTIFACT_ID: fold_ids[0],
     }
-    write_trial(trial, {**attrs, **files}, curve)
+    write_trial(trial, {**attrs, **files}, curve, last=True)

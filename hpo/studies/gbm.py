@@ -183,7 +183,7 @@ class GBMObjective(TrialObjective):
             )
         except optuna.TrialPruned as e:
             reason = f"{e} (by {self.spec.pruner})"
-            write_trial(curve.trial, {stored.PRUNED_REASON: reason}, curve.take())
+            write_trial(curve.trial, {stored.PRUNED_REASON: reason}, curve.take(), last=True)
             raise
 
     def _run_folds(

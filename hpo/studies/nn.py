@@ -135,7 +135,7 @@ class NNObjective(TrialObjective):
             stored.EPOCHS_RUN: epochs_run,
             stored.DEVICE: self.device,
         }
-        write_trial(curve.trial, attrs, curve.take())
+        write_trial(curve.trial, attrs, curve.take(), last=True)
 
     def _record(self, curve: Curve, mlp: MLPSpec, result: TrainResult) -> None:
         """The trained model's file, metrics and curve (one transaction besides the file)."""
