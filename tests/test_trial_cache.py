@@ -161,8 +161,12 @@ def test_a_write_to_own_trial_that_another_process_failed_is_refused(workdir: Pa
         trial.set_user_attr("late", 1)
 
 
+def _stored_trial(url: str, name: str) -> optuna.trial.FrozenTrial:
+    return optuna.load_study(study_name=name, storage=url).trials[0]
+
+
 def _stored_system_attrs(url: str, name: str) -> dict[str, Any]:
-    return optuna.load_study(study_name=name, storage=url).trials[0].system_attrs
+    return _stored_trial(url, name).system_attrs
 
 
 def test_system_attrs_of_own_trial_go_with_its_next_write(workdir: Path) -> None:
@@ -204,10 +208,6 @@ def test_system_attrs_of_own_trial_go_with_its_next_write(workdir: Path) -> None
     other = optuna.load_study(study_name="system", storage=url).ask()
     cache.set_trial_system_attr(other._trial_id, "mark", 1)
     assert optuna.load_study(study_name="system", storage=url).trials[1].system_attrs == {"mark": 1}
-
-
-def _stored_trial(url: str, name: str) -> optuna.trial.FrozenTrial:
-    return optuna.load_study(study_name=name, storage=url).trials[0]
 
 
 @pytest.mark.parametrize("end", ["complete", "pruned"])

@@ -20,6 +20,7 @@ Should a later Optuna 5 move these private names, the tests fail in CI.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -40,7 +41,7 @@ except ImportError:  # pragma: no cover - a later Optuna; its TPE is used as it 
 # As Optuna defines it (this module replaces it).
 OPTUNAS_LOG_NDTR = getattr(_truncnorm, "_log_ndtr", None)
 
-_UNSEEN = object()
+Score = Callable[[FrozenTrial], Any]  # Optuna's key to rank a finished trial by
 
 
 def use_scipy_log_ndtr() -> None:
@@ -74,11 +75,12 @@ class FastTPESampler(optuna.samplers.TPESampler):
             self._space, self._rows = space, {}
         rows = []
         for trial in trials:
-            row = self._rows.get(trial.number, _UNSEEN) if trial.state.is_finished() else _UNSEEN
-            if row is _UNSEEN:
+            if not trial.state.is_finished():  # a running trial's params may still come
                 row = self._row(trial, search_space, study)
-                if trial.state.is_finished():
-                    self._rows[trial.number] = row
+            elif trial.number in self._rows:
+                row = self._rows[trial.number]
+            else:
+                row = self._rows[trial.number] = self._row(trial, search_space, study)
             if row is not None:
                 rows.append(row)
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in search_space]
@@ -151,7 +153,7 @@ class FastTPESampler(optuna.samplers.TPESampler):
         return below, above
 
     def _split_by(
-        self, trials: list[FrozenTrial], n_below: int, memo: dict[int, Any], score: Any
+        self, trials: list[FrozenTrial], n_below: int, memo: dict[int, Any], score: Score
     ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
         """The ``n_below`` lowest-scored ``trials``, and the rest (a stable sort, as Optuna's)."""
         n_below = min(n_below, len(trials))
@@ -159,7 +161,7 @@ class FastTPESampler(optuna.samplers.TPESampler):
         return ranked[:n_below], ranked[n_below:]
 
     @staticmethod
-    def _score(memo: dict[int, Any], trial: FrozenTrial, score: Any) -> Any:
+    def _score(memo: dict[int, Any], trial: FrozenTrial, score: Score) -> Any:
         """``score(trial)``, computed once per finished trial."""
         if trial.number not in memo:
             memo[trial.number] = score(trial)
