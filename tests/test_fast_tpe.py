@@ -13,22 +13,37 @@ import scipy.special
 from optuna.samplers._tpe import _truncnorm
 
 from hpo.spec import load_spec
-from hpo.studies.fast_tpe import OPTUNAS_LOG_NDTR, FastTPESampler, use_scipy_log_ndtr
+from hpo.studies.fast_tpe import (
+    OPTUNAS_LOG_NDTR,
+    OPTUNAS_NDTR,
+    FastTPESampler,
+    use_scipys_normal_cdf,
+)
 from hpo.studies.study import make_sampler
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_log_ndtr_agrees_with_optunas(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = np.concatenate([np.linspace(-60.0, 60.0, 4001), [-1e3, -20.0, 0.0, 6.0, 1e3]])
-    # Optuna's own, even where an earlier test's make_sampler replaced it; restored after.
+def _optunas_normal_cdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna's own Φ and log Φ, even where an earlier test's make_sampler replaced them;
+    restored after the test."""
     monkeypatch.setattr(_truncnorm, "_log_ndtr", OPTUNAS_LOG_NDTR)
-    optunas = _truncnorm._log_ndtr(x)
-    use_scipy_log_ndtr()
+    monkeypatch.setattr(_truncnorm, "_ndtr", OPTUNAS_NDTR)
+
+
+def test_the_normal_cdf_and_its_log_agree_with_optunas(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.concatenate([np.linspace(-60.0, 60.0, 4001), [-1e3, -20.0, 0.0, 6.0, 1e3]])
+    _optunas_normal_cdf(monkeypatch)
+    optunas = _truncnorm._log_ndtr(x), _truncnorm._ndtr(x[:1999])  # erf per element < 2000
+    use_scipys_normal_cdf()
     assert _truncnorm._log_ndtr is scipy.special.log_ndtr
-    scipys = _truncnorm._log_ndtr(x)
-    assert scipys.shape == x.shape and scipys.dtype == np.float64
-    np.testing.assert_allclose(scipys, optunas, rtol=1e-7, atol=1e-300)
+    assert _truncnorm._ndtr is scipy.special.ndtr
+    scipys = _truncnorm._log_ndtr(x), _truncnorm._ndtr(x[:1999])
+    for ours, theirs in zip(scipys, optunas, strict=True):
+        assert ours.shape == theirs.shape and ours.dtype == np.float64
+    np.testing.assert_allclose(scipys[0], optunas[0], rtol=1e-7, atol=1e-300)
+    # Optuna's 0.5 + 0.5 erf(x / sqrt 2) rounds to 0 in the far left tail, where scipy's does not.
+    np.testing.assert_allclose(scipys[1], optunas[1], rtol=1e-14, atol=1e-16)
 
 
 def _sampled(n_trials: int) -> list[dict[str, Any]]:
@@ -49,9 +64,9 @@ def _sampled(n_trials: int) -> list[dict[str, Any]]:
 
 
 def test_a_seeded_study_samples_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_truncnorm, "_log_ndtr", OPTUNAS_LOG_NDTR)
+    _optunas_normal_cdf(monkeypatch)
     optunas = _sampled(80)
-    use_scipy_log_ndtr()
+    use_scipys_normal_cdf()
     scipys = _sampled(80)
     for before, after in zip(optunas, scipys, strict=True):
         assert before.keys() == after.keys()
@@ -63,10 +78,11 @@ def test_a_seeded_study_samples_the_same(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_hpos_tpe_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_truncnorm, "_log_ndtr", OPTUNAS_LOG_NDTR)
+    _optunas_normal_cdf(monkeypatch)
     sampler = make_sampler(load_spec(REPO / "studies" / "digits.yaml")[0])
     assert isinstance(sampler, FastTPESampler)
     assert _truncnorm._log_ndtr is scipy.special.log_ndtr
+    assert _truncnorm._ndtr is scipy.special.ndtr
 
 
 def _pruned_study(sampler: optuna.samplers.BaseSampler, n_trials: int) -> optuna.Study:
@@ -98,8 +114,8 @@ def _pruned_study(sampler: optuna.samplers.BaseSampler, n_trials: int) -> optuna
 
 
 def test_fast_tpe_samples_what_optunas_tpe_samples() -> None:
-    # Both with scipy's log_ndtr: this compares the rest, which must agree exactly.
-    use_scipy_log_ndtr()
+    # Both with scipy's normal CDF: this compares the rest, which must agree exactly.
+    use_scipys_normal_cdf()
     kwargs: dict[str, Any] = {"seed": 3, "multivariate": True, "constant_liar": True}
     optunas = _pruned_study(optuna.samplers.TPESampler(**kwargs), 120)
     fast = _pruned_study(FastTPESampler(**kwargs), 120)
