@@ -4,6 +4,7 @@ gives the sampler and the pruner what Optuna's own cache gives them."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,38 @@ def test_a_study_through_the_cache_samples_prunes_and_stores_as_through_optunas(
     assert optuna.trial.TrialState.PRUNED in states
     assert optuna.trial.TrialState.COMPLETE in states
     assert ours == optunas
+
+
+def test_trials_that_workers_create_at_once_are_numbered_in_turn(pg_url: str) -> None:
+    """Each worker's cache creates its trials past Optuna's ORM: the numbers stay Optuna's
+    (a trial's is the count of the study's earlier trials), none taken twice."""
+    study_id = optuna.create_study(study_name="numbers", storage=pg_url)._study_id
+    workers = [TrialCache(open_storage(pg_url)) for _ in range(4)]
+    with ThreadPoolExecutor(len(workers)) as pool:
+        created = pool.map(lambda w: [w.create_new_trial(study_id) for _ in range(15)], workers)
+        ids = {trial_id for batch in created for trial_id in batch}
+    stored = optuna.load_study(study_name="numbers", storage=pg_url).trials
+    assert {t._trial_id for t in stored} == ids
+    assert [t.number for t in sorted(stored, key=lambda t: t._trial_id)] == list(range(60))
+    assert all(t.state == optuna.trial.TrialState.RUNNING for t in stored)
+
+
+def test_a_new_trial_has_its_first_heartbeat_from_its_creation(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/beat.db"
+    cache = TrialCache(open_storage(url, heartbeat_interval=60))
+    commits = [0]
+    sqlalchemy.event.listen(
+        _database(cache).engine, "commit", lambda conn: commits.__setitem__(0, commits[0] + 1)
+    )
+    trial = optuna.create_study(study_name="beat", storage=cache).ask()
+    with open_storage(url).engine.connect() as conn:  # type: ignore[attr-defined]
+        beats = conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats")).all()
+    assert [b.trial_id for b in beats] == [trial._trial_id]
+    created = commits[0]
+    cache.record_heartbeat(trial._trial_id)  # the heartbeat thread's first: written already
+    assert commits[0] == created
+    cache.record_heartbeat(trial._trial_id)  # its next ones are written
+    assert commits[0] == created + 1
 
 
 def _trial_reads(storage: optuna.storages.RDBStorage) -> list[int]:

@@ -7,6 +7,7 @@ One code path for every URL: SQLite by default (one machine), PostgreSQL or MySQ
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import re
@@ -33,14 +34,16 @@ from optuna.distributions import (
 )
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb.models import (
+    StudyModel,
+    TrialHeartbeatModel,
     TrialIntermediateValueModel,
     TrialModel,
     TrialParamModel,
     TrialSystemAttributeModel,
     TrialUserAttributeModel,
+    TrialValueModel,
 )
-from optuna.storages._rdb.storage import _create_scoped_session as _rdb_scoped_session
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -63,6 +66,15 @@ MODEL_MIMETYPE = "application/octet-stream"
 CONNECT_TIMEOUT_S = 5  # a wrong host fails within seconds, not minutes
 # Insert-or-replace in one statement, per database (as Optuna writes attrs).
 UPSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+# Optuna's tables, written in SQLAlchemy Core (_write_rows, create_running_trial).
+STUDIES: sqlalchemy.Table = StudyModel.__table__
+TRIALS: sqlalchemy.Table = TrialModel.__table__
+PARAMS: sqlalchemy.Table = TrialParamModel.__table__
+TRIAL_VALUES: sqlalchemy.Table = TrialValueModel.__table__
+INTERMEDIATE_VALUES: sqlalchemy.Table = TrialIntermediateValueModel.__table__
+USER_ATTRS: sqlalchemy.Table = TrialUserAttributeModel.__table__
+SYSTEM_ATTRS: sqlalchemy.Table = TrialSystemAttributeModel.__table__
+HEARTBEATS: sqlalchemy.Table = TrialHeartbeatModel.__table__
 
 
 def storage_url(url: str | None = None) -> str:
@@ -448,10 +460,12 @@ def _write_rows(
     values and user attrs, what :class:`TrialCache` holds back for it, and with ``end``
     its finished state and values, on Optuna's tables in one transaction, as Optuna
     writes each:
-    the trial checked once (it exists and still runs); each param's distribution checked
-    against the study's (from Optuna's cache where it has it, else from the first stored
-    param of that name); params and values inserted (each is written once), attrs inserted
-    or replaced. One multi-row statement each."""
+    the trial checked once (it exists and still runs; locked where it ends); each param's
+    distribution checked against the study's (from Optuna's cache where it has it, else
+    from the first stored param of that name); params and values inserted (each is
+    written once), attrs inserted or replaced. One statement each, in SQLAlchemy Core:
+    Optuna's ORM session cost more than the database did (benchmarks/optuna_overhead.py).
+    """
     # What TrialCache holds for the trial: system attrs its sampler and pruner set since its
     # last write, and its last user attrs and values where it waits for the state (defer).
     unwritten = storage.take_unwritten(trial_id) if isinstance(storage, TrialCache) else Unwritten()
@@ -469,19 +483,22 @@ def _write_rows(
                 "intermediate_value_type": kind,
             }
         )
-    with _rdb_scoped_session(database.scoped_session) as session:
-        trial = TrialModel.find_or_raise_by_id(trial_id, session, for_update=end is not None)
-        state: TrialState = trial.state  # type: ignore[assignment]  # a column, typed
-        database.check_trial_is_updatable(trial_id, state)
+    with _transaction(database) as conn:
+        query = sqlalchemy.select(TRIALS.c.state, TRIALS.c.study_id).where(
+            TRIALS.c.trial_id == trial_id
+        )
+        row = conn.execute(query.with_for_update() if end else query).one_or_none()
+        if row is None:  # as Optuna's TrialModel.find_or_raise_by_id
+            raise KeyError(f"No trial with trial-id {trial_id} exists.")
+        database.check_trial_is_updatable(trial_id, row.state)
         if params:
-            study_id: int = trial.study_id  # type: ignore[assignment]
-            known = _known_distributions(storage, study_id)
+            known = _known_distributions(storage, row.study_id)
             for name, (_, distribution) in params.items():
-                previous = known.get(name) or _stored_distribution(session, study_id, name)
+                previous = known.get(name) or _stored_distribution(conn, row.study_id, name)
                 if previous is not None:
                     check_distribution_compatibility(previous, distribution)
-            session.execute(
-                sqlalchemy.insert(TrialParamModel),
+            conn.execute(
+                PARAMS.insert(),
                 [
                     {
                         "trial_id": trial_id,
@@ -493,20 +510,113 @@ def _write_rows(
                 ],
             )
         if values:
-            session.execute(sqlalchemy.insert(TrialIntermediateValueModel), values)
-        _set_attrs(session, database, TrialUserAttributeModel, trial_id, attrs)
-        _set_attrs(session, database, TrialSystemAttributeModel, trial_id, unwritten.system_attrs)
+            conn.execute(INTERMEDIATE_VALUES.insert(), values)
+        _set_attrs(conn, USER_ATTRS, trial_id, attrs)
+        _set_attrs(conn, SYSTEM_ATTRS, trial_id, unwritten.system_attrs)
         if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
             new_state, objective_values = end
-            for objective, value in enumerate(objective_values or ()):
-                database._set_trial_value_without_commit(session, trial, objective, value)
-            trial.state = new_state
-            trial.datetime_complete = datetime.now()
+            if objective_values:  # a running trial has none yet: Optuna writes them here
+                conn.execute(
+                    TRIAL_VALUES.insert(),
+                    [
+                        dict(
+                            zip(
+                                ("trial_id", "objective", "value", "value_type"),
+                                (trial_id, i, *TrialValueModel.value_to_stored_repr(v)),
+                                strict=True,
+                            )
+                        )
+                        for i, v in enumerate(objective_values)
+                    ],
+                )
+            conn.execute(
+                TRIALS.update()
+                .where(TRIALS.c.trial_id == trial_id)
+                .values(state=new_state, datetime_complete=datetime.now())
+            )
     if params:
         for name, (_, distribution) in params.items():
             known.setdefault(name, distribution)  # as Optuna's cache remembers the first
     if isinstance(storage, TrialCache):  # it keeps this process's running trials
         storage.wrote(trial_id, params=params, curve=curve, user_attrs=attrs)
+
+
+def create_running_trial(
+    database: optuna.storages.RDBStorage, study_id: int
+) -> tuple[FrozenTrial, bool]:
+    """A new RUNNING trial of the study, numbered as Optuna numbers it (the count of the
+    study's earlier trials), and whether its first heartbeat went with it.
+
+    One transaction where Optuna's ``_create_new_trial`` makes four statements through its
+    ORM and its heartbeat thread then a transaction of its own: the study's row locked, so
+    that concurrent creations number in turn; the trial inserted; its number set; its first
+    heartbeat, where the storage has them (at the database's time, as Optuna's). Where
+    RETURNING is missing (MySQL) or the write fails (a deadlock among many workers):
+    Optuna's own, with its retries, and no heartbeat."""
+    if database.engine.name not in UPSERTS:
+        return database._create_new_trial(study_id), False
+    start = datetime.now()
+    heartbeat = database.heartbeat_interval is not None
+    try:
+        with _transaction(database) as conn:
+            locked = conn.execute(
+                sqlalchemy.select(STUDIES.c.study_id)
+                .where(STUDIES.c.study_id == study_id)
+                .with_for_update()
+            ).one_or_none()
+            if locked is None:  # as Optuna's StudyModel.find_or_raise_by_id
+                raise KeyError(f"No study with study_id {study_id} exists.")
+            trial_id = conn.execute(
+                TRIALS.insert()
+                .values(study_id=study_id, state=TrialState.RUNNING, datetime_start=start)
+                .returning(TRIALS.c.trial_id)
+            ).scalar_one()
+            earlier = (
+                sqlalchemy.select(sqlalchemy.func.count())
+                .select_from(TRIALS)
+                .where(TRIALS.c.study_id == study_id, TRIALS.c.trial_id < trial_id)
+                .scalar_subquery()
+            )
+            number = conn.execute(
+                TRIALS.update()
+                .where(TRIALS.c.trial_id == trial_id)
+                .values(number=earlier)
+                .returning(TRIALS.c.number)
+            ).scalar_one()
+            if heartbeat:
+                conn.execute(HEARTBEATS.insert().values(trial_id=trial_id))
+    except optuna.exceptions.StorageInternalError:
+        return database._create_new_trial(study_id), False
+    trial = FrozenTrial(
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=start,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=trial_id,
+    )
+    return trial, heartbeat
+
+
+@contextmanager
+def _transaction(database: optuna.storages.RDBStorage) -> Iterator[sqlalchemy.Connection]:
+    """One transaction on the database, failing as Optuna's own writes fail: a constraint
+    violation as itself (a concurrent write got there first), any other database error
+    as Optuna's ``StorageInternalError``."""
+    try:
+        with database.engine.begin() as conn:
+            yield conn
+    except sqlalchemy.exc.IntegrityError:
+        raise
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise optuna.exceptions.StorageInternalError(
+            f"An exception is raised during the commit: {e}"
+        ) from e
 
 
 def finish_trial(
@@ -527,28 +637,29 @@ def finish_trial(
 
 
 def _set_attrs(
-    session: sqlalchemy.orm.Session,
-    database: optuna.storages.RDBStorage,
-    model: type[TrialUserAttributeModel] | type[TrialSystemAttributeModel],
-    trial_id: int,
-    attrs: dict[str, Any],
+    conn: sqlalchemy.Connection, table: sqlalchemy.Table, trial_id: int, attrs: dict[str, Any]
 ) -> None:
-    """Insert or replace a trial's attrs in ``model``'s table: one statement where the
-    database has an upsert, else Optuna's own write, row by row."""
+    """Insert or replace a trial's attrs in ``table``: one upsert where the database has
+    one, else a delete and an insert."""
     if not attrs:
         return
-    dialect = database.engine.name
-    if dialect not in UPSERTS:
-        for k, v in attrs.items():
-            database._set_trial_attr_without_commit(session, model, trial_id, k, v)
-        return
     rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-    insert = UPSERTS[dialect](model).values(rows)
-    session.execute(
-        insert.on_conflict_do_update(
-            index_elements=[model.trial_id, model.key],
-            set_={"value_json": insert.excluded.value_json},
-        )
+    dialect = conn.dialect.name
+    if dialect in UPSERTS:
+        conn.execute(_upsert(dialect, table), rows)
+        return
+    conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key.in_(list(attrs))))
+    conn.execute(table.insert(), rows)
+
+
+@functools.cache
+def _upsert(dialect: str, table: sqlalchemy.Table) -> Any:
+    """The insert-or-replace of an attr row in ``table`` (built once: building it anew
+    for every write cost more than running it)."""
+    insert = UPSERTS[dialect](table)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.trial_id, table.c.key],
+        set_={"value_json": insert.excluded.value_json},
     )
 
 
@@ -563,13 +674,13 @@ def _known_distributions(
 
 
 def _stored_distribution(
-    session: sqlalchemy.orm.Session, study_id: int, name: str
+    conn: sqlalchemy.Connection, study_id: int, name: str
 ) -> BaseDistribution | None:
     """The distribution of the study's first stored param ``name``, as Optuna reads it."""
-    row = (
-        session.query(TrialParamModel.distribution_json)
-        .join(TrialModel)
-        .filter(TrialModel.study_id == study_id, TrialParamModel.param_name == name)
-        .first()
-    )
+    row = conn.execute(
+        sqlalchemy.select(PARAMS.c.distribution_json)
+        .join(TRIALS)
+        .where(TRIALS.c.study_id == study_id, PARAMS.c.param_name == name)
+        .limit(1)
+    ).first()
     return json_to_distribution(row[0]) if row is not None else None
