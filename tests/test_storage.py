@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
 from hpo.errors import HpoError
 from hpo.storage.backend import (
@@ -56,3 +57,22 @@ def test_model_files_carry_a_content_type(workdir: Path) -> None:
     assert study.trials[0].user_attrs == {"val_loss": 0.5, "artifact_id": meta.artifact_id}
     with artifacts.open_reader(meta.artifact_id) as f:
         assert f.read() == b"weights"
+
+
+def _setting(storage: optuna.storages.BaseStorage, name: str) -> str:
+    with storage.engine.connect() as conn:  # type: ignore[attr-defined]
+        return str(conn.execute(sqlalchemy.text(f"SHOW {name}")).scalar())
+
+
+def test_postgresql_commits_do_not_wait_for_the_disk_unless_the_url_says(pg_url: str) -> None:
+    """A commit returns before the server's flush (the SQLite twin: synchronous=NORMAL);
+    a URL that sets synchronous_commit keeps its own."""
+    assert _setting(open_storage(pg_url), "synchronous_commit") == "off"
+    strict = f"{pg_url}?options=-c%20synchronous_commit%3Don"
+    assert _setting(open_storage(strict), "synchronous_commit") == "on"
+
+
+def test_sqlite_syncs_at_checkpoints_only(workdir: Path) -> None:
+    storage = open_storage(f"sqlite:///{workdir}/sync.db")
+    with storage.engine.connect() as conn:  # type: ignore[attr-defined]
+        assert conn.execute(sqlalchemy.text("PRAGMA synchronous")).scalar() == 1  # NORMAL
