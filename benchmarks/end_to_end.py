@@ -31,6 +31,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds in all")
     parser.add_argument("--spec", type=Path, default=REPO / "studies" / "fashion_mnist.yaml")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the run's database and model files in this new folder"
+    )
     args = parser.parse_args()
     args.spec = args.spec.resolve()
     spec = yaml.safe_load(args.spec.read_text())
@@ -38,6 +41,9 @@ def main() -> None:
     spec["gbm"]["timeout"] = round(0.3 * args.budget)
     spec["nn"]["trials"] = spec["gbm"]["trials"] = 1000  # the budget decides, not a count
     with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            args.keep.mkdir(parents=True)  # a new folder: never mix two runs' studies
+            tmp = str(args.keep.resolve())
         # Keep relative data paths working: the spec is written beside the original.
         spec_path = args.spec.parent / f".e2e-{os.getpid()}.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
@@ -91,7 +97,8 @@ def main() -> None:
         "trials": counts,
     }
     print(row)
-    write_result("end_to_end", {"spec": str(args.spec.relative_to(REPO)), "rows": [row]})
+    spec_name = args.spec.relative_to(REPO) if args.spec.is_relative_to(REPO) else args.spec
+    write_result("end_to_end", {"spec": str(spec_name), "rows": [row]})
 
 
 if __name__ == "__main__":
