@@ -536,20 +536,19 @@ def _write_rows(
         _set_attrs(conn, SYSTEM_ATTRS, trial_id, unwritten.system_attrs)
         if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
             new_state, objective_values = end
-            if objective_values:  # a running trial has none yet: Optuna writes them here
-                conn.execute(
-                    TRIAL_VALUES.insert(),
-                    [
-                        dict(
-                            zip(
-                                ("trial_id", "objective", "value", "value_type"),
-                                (trial_id, i, *TrialValueModel.value_to_stored_repr(v)),
-                                strict=True,
-                            )
-                        )
-                        for i, v in enumerate(objective_values)
-                    ],
+            scores = []  # a running trial has none yet: Optuna writes them with its end
+            for objective, score in enumerate(objective_values or ()):
+                stored_score, score_type = TrialValueModel.value_to_stored_repr(score)
+                scores.append(
+                    {
+                        "trial_id": trial_id,
+                        "objective": objective,
+                        "value": stored_score,
+                        "value_type": score_type,
+                    }
                 )
+            if scores:
+                conn.execute(TRIAL_VALUES.insert(), scores)
             conn.execute(
                 TRIALS.update()
                 .where(TRIALS.c.trial_id == trial_id)

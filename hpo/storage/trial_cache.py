@@ -30,7 +30,10 @@ the same transaction (:meth:`TrialCache.defer`).
 
 It creates this process's new trials past Optuna's ORM, with their first heartbeat in
 the same transaction (:func:`hpo.storage.backend.create_running_trial`), and answers
-Optuna's heartbeat thread's first beat, a moment later, without a write.
+Optuna's heartbeat thread's first beat, a moment later, without a write. (hpo asks for
+trials only inside Optuna's ``optimize``, whose heartbeat thread starts right after. A
+trial asked for outside it would have a heartbeat that never beats again, and be failed
+as stale after ``grace_period``, as a dead worker's trial is.)
 
 It also keeps each study's id by name (Optuna's Hyperband asks for it on every sample and
 pruning check) and looks for other workers' stale trials at most every :data:`REFRESH_S`
