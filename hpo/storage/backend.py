@@ -66,6 +66,8 @@ MODEL_MIMETYPE = "application/octet-stream"
 CONNECT_TIMEOUT_S = 5  # a wrong host fails within seconds, not minutes
 # Insert-or-replace in one statement, per database (as Optuna writes attrs).
 UPSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+# Databases whose INSERT and UPDATE can return what they wrote (not MySQL).
+RETURNING = frozenset({"sqlite", "postgresql"})
 # Optuna's tables, written in SQLAlchemy Core (_write_rows, create_running_trial).
 STUDIES: sqlalchemy.Table = StudyModel.__table__
 TRIALS: sqlalchemy.Table = TrialModel.__table__
@@ -573,7 +575,7 @@ def create_running_trial(
     heartbeat, where the storage has them (at the database's time, as Optuna's). Where
     RETURNING is missing (MySQL) or the write fails (a deadlock among many workers):
     Optuna's own, with its retries, and no heartbeat."""
-    if database.engine.name not in UPSERTS:
+    if database.engine.name not in RETURNING:
         return database._create_new_trial(study_id), False
     start = datetime.now()
     heartbeat = database.heartbeat_interval is not None

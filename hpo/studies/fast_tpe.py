@@ -17,6 +17,9 @@ time (tests/test_fast_tpe.py checks that a seeded study samples the same params)
   into good and bad trials: Python work per trial and param, most of TPE's time at 1000
   trials. A finished trial never changes, so :class:`FastTPESampler` keeps both for each.
 
+And with ``ahead``, a helper process draws the next trial's params while the current
+trial trains (:mod:`hpo.studies.sample_ahead`).
+
 Should a later Optuna 5 move these private names, the tests fail in CI.
 """
 
@@ -34,6 +37,8 @@ from optuna.samplers._tpe import sampler as _tpe
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.studies.sample_ahead import DrawAhead
+
 _truncnorm: ModuleType | None
 try:
     from optuna.samplers._tpe import _truncnorm
@@ -45,6 +50,13 @@ OPTUNAS_LOG_NDTR = getattr(_truncnorm, "_log_ndtr", None)
 OPTUNAS_NDTR = getattr(_truncnorm, "_ndtr", None)
 
 Score = Callable[[FrozenTrial], Any]  # Optuna's key to rank a finished trial by
+
+# Finished trials before a helper process draws ahead (AHEAD_FROM) and before it is
+# started, so that it has imported TPE by then (AHEAD_START). Below ~50 trials TPE's draw
+# takes a few ms, no more than sending the study to the helper; shorter studies (the
+# tests') start none.
+AHEAD_START = 30
+AHEAD_FROM = 50
 
 
 def use_scipys_normal_cdf() -> None:
@@ -59,9 +71,11 @@ class FastTPESampler(optuna.samplers.TPESampler):
     scores each finished trial once. One instance samples one study (trials are known by
     number), as hpo makes them (:func:`hpo.studies.study.make_sampler`)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, ahead: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         use_scipys_normal_cdf()
+        # A helper that draws each next trial's relative params while a trial trains.
+        self.ahead = DrawAhead(kwargs) if ahead else None
         self._space: tuple[tuple[str, BaseDistribution], ...] = ()
         # Finished trial number -> its params' internal values in the order of ``_space``
         # (None where it lacks one of them).
@@ -69,6 +83,44 @@ class FastTPESampler(optuna.samplers.TPESampler):
         # Finished trial number -> Optuna's scores to split it by: infeasibility, pruned rank.
         self._infeasible: dict[int, float] = {}
         self._pruned: dict[int, tuple[float, float]] = {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        params = super().sample_relative(study, trial, search_space)
+        if self.ahead is not None and self.ahead.usable and search_space:
+            self._draw_ahead(study, trial, search_space)
+        return params
+
+    def _sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if self.ahead is not None and search_space:
+            drawn = self.ahead.take(trial.number, search_space)
+            if drawn is not None:
+                return drawn
+        return super()._sample_relative(study, trial, search_space)
+
+    def _draw_ahead(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> None:
+        """Ask the helper for the draw of trial ``trial.number + 1`` over the same space,
+        from the trials ``_sample`` reads now, this one running. (The study is the one this
+        trial drew from: a Hyperband bracket's view of it, whose ``_get_trials``, what TPE
+        reads, is the whole study's for every bracket.)"""
+        assert self.ahead is not None
+        if study._is_multi_objective() or not self._constant_liar:
+            return  # only the single-objective draw with the running trials is done ahead
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        trials = study._get_trials(deepcopy=False, states=states, use_cache=False)
+        finished = sum(t.state != TrialState.RUNNING for t in trials)
+        if finished < max(AHEAD_START, self._n_startup_trials):
+            return
+        if finished < max(AHEAD_FROM, self._n_startup_trials):
+            self.ahead.start()  # warm it up
+            return
+        seed = int(self._rng.rng.randint(2**31 - 1))
+        self.ahead.request(trial.number + 1, trials, study.directions, search_space, seed)
 
     def _get_internal_repr(
         self, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution], study: Study

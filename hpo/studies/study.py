@@ -128,8 +128,9 @@ def make_sampler(spec: StudySpec, started: int = 0) -> optuna.samplers.BaseSampl
     seed = sampler_seed(spec.seed, started)
     match spec.sampler:
         case "tpe":
-            # Optuna's TPE, faster. constant_liar keeps parallel workers apart.
-            return FastTPESampler(seed=seed, multivariate=True, constant_liar=True)
+            # Optuna's TPE, faster, drawing the next trial while one trains (ahead).
+            # constant_liar keeps parallel workers apart.
+            return FastTPESampler(seed=seed, multivariate=True, constant_liar=True, ahead=True)
         case "random":
             return optuna.samplers.RandomSampler(seed=seed)
         case "gp":
