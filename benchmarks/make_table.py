@@ -47,9 +47,19 @@ def optuna_overhead(r: dict[str, Any]) -> list[str]:
         r = {**r, "runs": [{"hpo": "", **r}]}
     keys = [k for k in r["runs"][0]["rows"][0] if k.startswith("ms_per_trial_at_")]
     steps = [k.rsplit("_", 1)[1] for k in keys]
+    if r.get("beside_training"):
+        title = (
+            "**Optuna overhead beside training** (`python benchmarks/optuna_overhead.py "
+            "--training`; as above, but each trial also trains on one thread for as long as "
+            "the median digits trial: the ms a trial takes beyond its training)"
+        )
+    else:
+        title = (
+            "**Optuna overhead** (`python benchmarks/optuna_overhead.py`; an hpo NN trial of "
+            "the digits study through the worker loop, training replaced by a made-up curve)"
+        )
     lines = [
-        "**Optuna overhead** (`python benchmarks/optuna_overhead.py`; an hpo NN trial of the "
-        "digits study through the worker loop, training replaced by a made-up curve)",
+        title,
         "",
         "| hpo | storage | digits median trial (ms) | "
         + " | ".join(
@@ -437,6 +447,7 @@ def tabular_suite_kfold(r: dict[str, Any]) -> list[str]:
 FORMATS = {
     "trainer_throughput": trainer_throughput,
     "optuna_overhead": optuna_overhead,
+    "optuna_overhead_training": optuna_overhead,
     "trials_per_hour": trials_per_hour,
     "search_efficiency": search_efficiency,
     "end_to_end": end_to_end,

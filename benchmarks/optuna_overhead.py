@@ -1,6 +1,7 @@
 """Optuna's own cost per trial (sampler + storage), without any training.
 
     python benchmarks/optuna_overhead.py [--trials 1000] [--before /path/to/old/checkout]
+                                         [--training]
 
 Each trial is a real hpo NN trial of the digits study, run as ``hpo run`` runs it (the
 worker loop, the lock, the search space, pruning by Hyperband every epoch, its user attrs
@@ -11,6 +12,11 @@ trial, are compared with the median trial time of the digits study (measured onc
 this checkout, for both versions); the part of that time spent in TPE's sampling calls
 (the search itself) is given apart. ``--before`` measures another checkout's hpo first,
 in a subprocess, so both land in one table from one machine.
+
+``--training``: each made-up trial also trains, on one thread as a digits trial does, for
+as long as the median digits trial takes (a block of matrix products); the time per trial
+is then what a trial takes beyond that training: what a user waits for Optuna, with work
+done beside the training (hpo draws the next trial's params in a helper process) hidden.
 PostgreSQL is the server the tests use, in a fresh database dropped afterwards.
 """
 
@@ -33,6 +39,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, checkout_label, fresh_postgres_database, write_result
@@ -50,8 +57,23 @@ from hpo.studies.study import PrunerSteps, make_pruner, make_sampler, run_study
 SPEC = REPO / "studies" / "digits.yaml"
 
 
+TRAINING_S = [0.0]  # how long each made-up trial trains (--training)
+TRAINED_S = [0.0]  # how long they trained so far
+
+
+def train_for(seconds: float) -> None:
+    """Keep one core busy with torch's matrix products, as training would, for ``seconds``."""
+    start = time.perf_counter()
+    a = torch.rand(128, 128)
+    while time.perf_counter() - start < seconds:
+        a = torch.tanh(a @ a)
+    TRAINED_S[0] += time.perf_counter() - start
+
+
 def fake_train_mlp(spec: Any, data: Any, *, epochs: int, on_epoch: Any, **_: Any) -> TrainResult:
-    """train_mlp's contract without the training: a falling curve that ranks by width."""
+    """train_mlp's contract with a made-up falling curve that ranks by width, and no
+    training but (``--training``) a busy core."""
+    train_for(TRAINING_S[0])
     loss = 1.0 / spec.layers[0].width
     history = []
     for epoch in range(epochs):
@@ -63,12 +85,13 @@ def fake_train_mlp(spec: Any, data: Any, *, epochs: int, on_epoch: Any, **_: Any
 
 
 @contextmanager
-def sampler_clock(clock: list[float]) -> Iterator[None]:
-    """Add the seconds spent in TPE's sampling calls (its reads of the study included) to
-    ``clock[0]``: the part of Optuna's cost that is the search itself, not bookkeeping."""
-    tpe = optuna.samplers.TPESampler
+def sampler_clock(clock: list[float], tpe: type) -> Iterator[None]:
+    """Add the seconds spent in the sampling calls of ``tpe`` (the spec's sampler class; its
+    reads of the study included) to ``clock[0]``: the part of Optuna's cost that is the
+    search itself, not bookkeeping."""
     names = ("infer_relative_search_space", "sample_relative", "sample_independent")
     originals = {name: getattr(tpe, name) for name in names}
+    own = {name for name in names if name in vars(tpe)}
 
     def timed(method: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -86,7 +109,10 @@ def sampler_clock(clock: list[float]) -> Iterator[None]:
         yield
     finally:
         for name, method in originals.items():
-            setattr(tpe, name, method)
+            if name in own:
+                setattr(tpe, name, method)
+            else:
+                delattr(tpe, name)  # inherited: the base's again
 
 
 def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
@@ -98,12 +124,13 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
         url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period
     )
     counts: collections.Counter[str] = collections.Counter()
-    # time, commits, statements, seconds in TPE so far, at each trial's end
+    # time less training, commits, statements, seconds in TPE so far, at each trial's end
     stamps: list[tuple[float, int, int, float]] = []
     sampling = [0.0]
 
     def stamp(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        stamps.append((time.perf_counter(), counts["commit"], counts["statement"], sampling[0]))
+        now = time.perf_counter() - TRAINED_S[0]
+        stamps.append((now, counts["commit"], counts["statement"], sampling[0]))
 
     engine = storage.engine
     sqlalchemy.event.listen(engine, "commit", lambda conn: counts.update(["commit"]))
@@ -112,8 +139,12 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
     )
     real_train = hpo.studies.nn.train_mlp
     hpo.studies.nn.train_mlp = fake_train_mlp  # type: ignore[assignment]
+    torch.set_num_threads(1)  # as hpo trains digits
     try:
-        with tempfile.TemporaryDirectory() as artifacts, sampler_clock(sampling):
+        with (
+            tempfile.TemporaryDirectory() as artifacts,
+            sampler_clock(sampling, type(make_sampler(spec))),
+        ):
             run_study(
                 NN, spec, data, storage, open_artifacts(artifacts), n_trials=trials, on_trial=stamp
             )
@@ -183,6 +214,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--postgres", help="a PostgreSQL URL (default: a fresh database)")
     parser.add_argument("--before", type=Path, help="another checkout to measure first")
+    parser.add_argument(
+        "--training", action="store_true", help="each trial trains as long as a digits trial"
+    )
     parser.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)  # for --before
     parser.add_argument("--trial-ms", type=float, help=argparse.SUPPRESS)  # for --before
     args = parser.parse_args()
@@ -192,12 +226,16 @@ def main() -> None:
     # a version's share more than its own change did.
     trial_s = args.trial_ms / 1000 if args.trial_ms else digits_median_trial_s()
     print(f"{hpo.__file__}: digits median trial {trial_s * 1000:.0f} ms")
+    if args.training:
+        TRAINING_S[0] = trial_s
     runs = []
     if args.before:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "before.json"
             command = [sys.executable, __file__, "--trials", str(args.trials)]
-            command += ["--trial-ms", str(trial_s * 1000), "--json-out"]
+            command += ["--trial-ms", str(trial_s * 1000)]
+            command += ["--training"] if args.training else []
+            command += ["--json-out"]
             if args.postgres:
                 command += ["--postgres", args.postgres]
             env = {**os.environ, "PYTHONPATH": str(args.before.resolve())}
@@ -210,7 +248,8 @@ def main() -> None:
         args.json_out.write_text(json.dumps(now))
         return
     runs.append({"hpo": checkout_label(Path(hpo.__file__).resolve().parent.parent), **now})
-    write_result("optuna_overhead", {"trials": args.trials, "runs": runs})
+    name = "optuna_overhead_training" if args.training else "optuna_overhead"
+    write_result(name, {"trials": args.trials, "beside_training": args.training, "runs": runs})
 
 
 if __name__ == "__main__":
