@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from optuna.distributions import BaseDistribution
@@ -122,9 +123,13 @@ class DrawAhead:
         """Start the helper (it takes about a second to import TPE), if not yet started."""
         if self._proc is not None or self._failed:
             return
+        # The hpo this worker runs, whatever folder it runs in (-P: not the current one).
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__],
+                [sys.executable, "-P", "-m", __name__],
+                env={**os.environ, "PYTHONPATH": path},
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,  # it answers failures over its pipe
