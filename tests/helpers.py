@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import sklearn.datasets
 from sklearn.model_selection import train_test_split
 
@@ -65,3 +67,14 @@ def run_python(args: list[str], *, cwd: Path) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def mixed_space(trial: optuna.Trial) -> float:
+    """An objective over a space like hpo's, for sampler tests: log and stepped floats,
+    ints (one on a log scale) and a category."""
+    lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    depth = trial.suggest_int("depth", 1, 4)
+    act = trial.suggest_categorical("act", ["relu", "elu", "gelu"])
+    dropout = trial.suggest_float("dropout", 0.0, 0.5, step=0.05)
+    width = trial.suggest_int("width", 16, 512, log=True)
+    return abs(math.log10(lr) + 3) + abs(depth - 2) + (act != "elu") + dropout + width / 500

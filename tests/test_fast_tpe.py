@@ -10,6 +10,7 @@ import numpy as np
 import optuna
 import pytest
 import scipy.special
+from helpers import mixed_space
 from optuna.samplers._tpe import _truncnorm
 
 from hpo.spec import load_spec
@@ -50,16 +51,7 @@ def _sampled(n_trials: int) -> list[dict[str, Any]]:
     """A seeded study like hpo's (multivariate TPE, constant liar) on a mixed space."""
     sampler = optuna.samplers.TPESampler(seed=1, multivariate=True, constant_liar=True)
     study = optuna.create_study(sampler=sampler)
-
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
-        depth = trial.suggest_int("depth", 1, 4)
-        act = trial.suggest_categorical("act", ["relu", "elu", "gelu"])
-        dropout = trial.suggest_float("dropout", 0.0, 0.5, step=0.05)
-        width = trial.suggest_int("width", 16, 512, log=True)
-        return abs(math.log10(lr) + 3) + abs(depth - 2) + (act != "elu") + dropout + width / 500
-
-    study.optimize(objective, n_trials=n_trials)
+    study.optimize(mixed_space, n_trials=n_trials)
     return [t.params for t in study.trials]
 
 

@@ -4,7 +4,6 @@ worker that goes on without it when it fails."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import time
 
 import optuna
 import pytest
+from helpers import mixed_space
 from optuna.trial import TrialState
 
 from hpo.studies import fast_tpe
@@ -24,18 +24,15 @@ TPE = {"multivariate": True, "constant_liar": True}
 
 
 def objective(trial: optuna.Trial) -> float:
-    """A mixed space like hpo's: log floats, stepped floats, ints and categories."""
-    lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
-    depth = trial.suggest_int("depth", 1, 4)
-    act = trial.suggest_categorical("act", ["relu", "elu", "gelu"])
-    dropout = trial.suggest_float("dropout", 0.0, 0.5, step=0.05)
-    width = trial.suggest_int("width", 16, 512, log=True)
+    """The mixed space, with user attrs (which the helper is not sent), a curve (for the
+    pruned trials' scores) and a pruned trial in four."""
+    value = mixed_space(trial)
     trial.set_user_attr("note", trial.number)
-    for step in range(3):  # a curve, for the pruned trials' scores
-        trial.report(width / 500 + dropout / (step + 1), step)
+    for step in range(3):
+        trial.report(value / (step + 1), step)
     if trial.number % 4 == 3:
         raise optuna.TrialPruned
-    return abs(math.log10(lr) + 3) + abs(depth - 2) + (act != "elu") + dropout + width / 500
+    return value
 
 
 @pytest.fixture
