@@ -120,7 +120,7 @@ class DrawAhead:
         return not self._failed
 
     def start(self) -> None:
-        """Start the helper (it takes about a second to import TPE), if not yet started."""
+        """Start the helper (it imports TPE in about 0.4 s), if not yet started."""
         if self._proc is not None or self._failed:
             return
         # The hpo this worker runs, whatever folder it runs in (-P: not the current one).
