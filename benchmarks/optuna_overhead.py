@@ -1,4 +1,4 @@
-"""Optuna's own cost per trial (sampler + storage), without any training.
+"""Optuna's own cost per trial (sampler + storage), beside no training or (``--training``) some.
 
     python benchmarks/optuna_overhead.py [--trials 1000] [--before /path/to/old/checkout]
                                          [--training]

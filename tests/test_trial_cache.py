@@ -118,6 +118,11 @@ def test_a_new_trial_has_its_first_heartbeat_from_its_creation(workdir: Path) ->
     assert commits[0] == created
     cache.record_heartbeat(trial._trial_id)  # its next ones are written
     assert commits[0] == created + 1
+    # A trial that ends before its heartbeat thread beats leaves nothing held for it.
+    study = optuna.load_study(study_name="beat", storage=cache)
+    quick = study.ask()
+    study.tell(quick, 1.0)
+    assert quick._trial_id not in cache._first_heartbeat_written
 
 
 def _trial_reads(storage: optuna.storages.RDBStorage) -> list[int]:

@@ -231,6 +231,7 @@ class TrialCache(_CachedStorage):
             trial.datetime_complete = datetime.now()  # until the next read brings the stored
             self._replace(trial)
             self._own.discard(trial_id)
+            self._first_heartbeat_written.discard(trial_id)  # it never beat (ended at once)
         return True
 
     def wrote(

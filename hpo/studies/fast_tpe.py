@@ -111,6 +111,8 @@ class FastTPESampler(optuna.samplers.TPESampler):
         assert self.ahead is not None
         if study._is_multi_objective() or not self._constant_liar:
             return  # only the single-objective draw with the running trials is done ahead
+        if trial.number < max(AHEAD_START, self._n_startup_trials):
+            return  # fewer finished trials than that: no need to read the study to know
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         trials = study._get_trials(deepcopy=False, states=states, use_cache=False)
         finished = sum(t.state != TrialState.RUNNING for t in trials)
