@@ -169,6 +169,36 @@ def test_other_workers_trials_are_read_after_refresh_s(workdir: Path) -> None:
     assert len(mine.trials) == 2
 
 
+def test_trials_a_worker_ended_are_not_read_again_until_it_expires(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{workdir}/kept.db"
+    cache = TrialCache(open_storage(url), refresh_s=0)  # reads on every get_all_trials
+    read: list[tuple[int, optuna.trial.TrialState]] = []  # each trial read in full
+    backend_read = cache._backend._get_trials
+
+    def spy(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        trials = backend_read(*args, **kwargs)
+        read.extend((t.number, t.state) for t in trials)
+        return trials
+
+    monkeypatch.setattr(cache._backend, "_get_trials", spy)
+    mine = optuna.create_study(study_name="kept", storage=cache)
+    mine.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=10)
+    assert read  # it read its running trials, as Optuna's cache does
+    assert {state for _, state in read} == {optuna.trial.TrialState.RUNNING}
+    # Another worker's trial is read, ended.
+    optuna.load_study(study_name="kept", storage=url).optimize(lambda t: 0.5, n_trials=1)
+    assert len(mine.trials) == 11
+    assert read[-1] == (10, optuna.trial.TrialState.COMPLETE)
+    # expire() reads them all as stored.
+    cache.expire()
+    held = [(t.number, t.state, t.values, t.params, t.datetime_complete) for t in mine.trials]
+    stored = optuna.load_study(study_name="kept", storage=url).trials
+    assert held == [(t.number, t.state, t.values, t.params, t.datetime_complete) for t in stored]
+    assert {n for n, state in read if state.is_finished()} == set(range(11))
+
+
 def test_own_running_trial_is_kept_as_written_and_handed_out_as_a_copy(workdir: Path) -> None:
     url = f"sqlite:///{workdir}/own.db"
     cache = TrialCache(open_storage(url))

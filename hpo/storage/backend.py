@@ -327,6 +327,28 @@ def trial_state_counts(
     return collections.Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
 
 
+def trial_ids_after(
+    database: optuna.storages.RDBStorage, study_id: int, after: int
+) -> list[int] | None:
+    """The ids of the study's trials above ``after``, in one small query; None where the
+    study does not exist (Optuna's reads raise KeyError there)."""
+    query = (
+        sqlalchemy.select(STUDIES.c.study_id, TRIALS.c.trial_id)
+        .select_from(
+            STUDIES.outerjoin(
+                TRIALS,
+                sqlalchemy.and_(TRIALS.c.study_id == STUDIES.c.study_id, TRIALS.c.trial_id > after),
+            )
+        )
+        .where(STUDIES.c.study_id == study_id)
+    )
+    with database.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    if not rows:
+        return None
+    return [row.trial_id for row in rows if row.trial_id is not None]
+
+
 def save_trial_results(
     trial: optuna.Trial,
     artifacts: FileSystemArtifactStore,
