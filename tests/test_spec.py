@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from hpo.errors import HpoError
-from hpo.spec import NNSpace, load_spec
+from hpo.spec import NNConfig, NNSpace, StudySpec, load_spec
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -70,3 +70,21 @@ def test_malformed_yaml_gives_the_line(tmp_path: Path) -> None:
 def test_missing_spec_file(tmp_path: Path) -> None:
     with pytest.raises(HpoError, match="cannot read the study spec"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_a_table_trains_longer_than_images_unless_the_spec_says() -> None:
+    table = {
+        "name": "t",
+        "task": "binary",
+        "data": {"source": "csv", "path": "t.csv", "target": "y"},
+    }
+    images = {"name": "i", "task": "multiclass", "data": {"source": "idx", "path": "fashion"}}
+    assert (StudySpec(**table).nn.epochs, StudySpec(**table).nn.patience) == (100, 20)
+    assert (StudySpec(**images).nn.epochs, StudySpec(**images).nn.patience) == (30, 5)
+    # What the spec sets stays, from YAML or from code; the other one takes the default.
+    set_epochs = StudySpec(**table, nn={"epochs": 12})
+    assert (set_epochs.nn.epochs, set_epochs.nn.patience) == (12, 20)
+    in_code = StudySpec(**table, nn=NNConfig(patience=3))
+    assert (in_code.nn.epochs, in_code.nn.patience) == (100, 3)
+    # A stored spec reads back as it was written.
+    assert StudySpec(**set_epochs.model_dump()) == set_epochs

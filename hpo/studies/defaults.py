@@ -20,7 +20,8 @@ The translation, and where it is only near:
   (for both tasks), above the default l2 range, which the fit below clamps to its top.
 - Schedules: pytabkit's ``coslog4`` learning rate (four cosine cycles) and its
   ``flat_cos`` dropout and weight-decay schedules are one ``flat_cosine`` learning rate.
-  Its 256 epochs are the study's ``nn.epochs``, with the best epoch kept as RealMLP does.
+  Its 256 epochs are the study's ``nn.epochs`` (for a table 100 unless the spec says,
+  :data:`hpo.spec.TABLE_EPOCHS`), with the best epoch kept as RealMLP does.
 """
 
 from __future__ import annotations
