@@ -456,8 +456,8 @@ def tabular_suite_epochs(r: dict[str, Any]) -> list[str]:
         r,
         datasets,
         f"**Epochs for tables** (`python benchmarks/tabular_suite.py --only hpo --budget 40 "
-        f"--epochs {epochs} {patience}`, and the same without `--epochs` at the time hpo's "
-        "default was 30 and 5, run alternately per dataset on one machine; the suite's "
+        f"--epochs {epochs} {patience}`, and with `--epochs 30 5`, hpo's default before, "
+        "run alternately per dataset on one machine; the suite's "
         f"tables, splits, space and budget; each cell: 30 epochs with patience 5, {epochs} "
         f"with patience {patience}, and how much better the second is, relative)",
     )

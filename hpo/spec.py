@@ -421,6 +421,11 @@ class Limits(_Frozen):
 TABLE_EPOCHS = {"epochs": 100, "patience": 20}
 
 
+def is_table_source(source: str | None) -> bool:
+    """Whether ``data.source`` holds a table: every source but IDX folders (images)."""
+    return source is not None and source != "idx"
+
+
 class StudySpec(_Frozen):
     """One study: its data, task, search space and search settings."""
 
@@ -453,9 +458,9 @@ class StudySpec(_Frozen):
             return values
         data = values.get("data")
         source = data.get("source") if isinstance(data, dict) else getattr(data, "source", None)
-        nn = values.get("nn", {})
-        if source in (None, "idx"):
+        if not is_table_source(source):
             return values
+        nn = values.get("nn", {})
         if isinstance(nn, NNConfig):
             unset = {k: v for k, v in TABLE_EPOCHS.items() if k not in nn.model_fields_set}
             return {**values, "nn": nn.model_copy(update=unset)}

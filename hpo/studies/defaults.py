@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.spec import DataSpec, FloatRange, IntRange, NNSpace, Task
+from hpo.spec import DataSpec, FloatRange, IntRange, NNSpace, Task, is_table_source
 
 BASELINE_NAME = "baseline_name"  # user attr: which named baseline a trial is
 REALMLP_TD = "RealMLP-TD"
@@ -85,4 +85,4 @@ def fit_to_space(params: dict[str, Any], space: NNSpace) -> dict[str, Any]:
 
 def is_tabular(data: DataSpec) -> bool:
     """Tables and scikit-learn's datasets; IDX folders hold images (Fashion-MNIST)."""
-    return data.source != "idx"
+    return is_table_source(data.source)
