@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from hpo.studies.pruning import LeanHyperbandPruner
+from hpo.studies.pruning import LeanHyperbandPruner, _Bracket
 
 EPOCHS = 30
 
@@ -67,3 +67,21 @@ def test_lean_hyperband_asks_storage_only_at_promotion_steps() -> None:
     checks = sum(len(t.intermediate_values) for t in study.trials)
     # Brackets judge at steps 1, 3, 9, 27 (or a later subset): at most 4 reads a trial.
     assert reads <= 4 * len(study.trials) < checks / 2
+
+
+def test_lean_hyperband_brackets_hold_the_trials_optunas_hold() -> None:
+    pruner = LeanHyperbandPruner(1, EPOCHS)
+    study = optuna.create_study(study_name="brackets", pruner=pruner)
+    study.optimize(curve_objective, n_trials=40)
+    plain = optuna.pruners.HyperbandPruner(1, EPOCHS)
+    plain._try_initialization(study)
+    for bracket in range(len(pruner._pruners)):
+        view = _Bracket(pruner, study, bracket)
+        optunas = plain._create_bracket_study(study, bracket)
+        # All trials (numbers 0..39, looked up by index) and the complete ones (by number).
+        for states in (None, (optuna.trial.TrialState.COMPLETE,)):
+            ours = [t.number for t in view.get_trials(deepcopy=False, states=states)]
+            theirs = [t.number for t in optunas.get_trials(deepcopy=False, states=states)]
+            assert ours == theirs
+    sizes = [len(_Bracket(pruner, study, b).get_trials()) for b in range(len(pruner._pruners))]
+    assert sum(sizes) == 40 and min(sizes) < 40  # several brackets, none missed

@@ -9,14 +9,20 @@ pruner gives that answer itself and asks Optuna only at promotion steps: with 30
 that is at most 4 of the 30 checks, and in most brackets 1 or 2.
 
 When it does ask, Optuna's bracket study finds the trials of the bracket by hashing every
-trial's number with the study's name: at 1000 trials that took longer than the rest of
-the check. A trial's bracket never changes, so this pruner computes it once.
+trial's number with the study's name, through a method call per trial: at 1000 trials
+that took longer than the rest of the check. A trial's bracket never changes, so this
+pruner computes it once per number and picks the bracket's trials from a list.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
+from dataclasses import dataclass
+from typing import cast
+
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 
 class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
@@ -36,7 +42,7 @@ class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
     def __init__(self, min_resource: int, max_resource: int, reduction_factor: int = 3) -> None:
         super().__init__(min_resource, max_resource, reduction_factor)
         self._next_check: dict[int, int] = {}  # trial id -> the next step Optuna must see
-        self._brackets: dict[tuple[str, int], int] = {}  # (study name, trial number) -> id
+        self._brackets: dict[str, list[int]] = {}  # study name -> bracket id by trial number
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
@@ -45,7 +51,9 @@ class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
         bracket = self._get_bracket_id(study, trial)
         if step < self._next_check.get(trial._trial_id, self._promotion_step(bracket, 0)):
             return False
-        pruned = super().prune(study, trial)
+        # Optuna's Hyperband.prune from here on, with its bracket study made leaner.
+        view = cast(optuna.Study, _Bracket(self, study, bracket))
+        pruned = self._pruners[bracket].prune(view, trial)
         if pruned:
             self._next_check.pop(trial._trial_id, None)
         else:
@@ -55,10 +63,14 @@ class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
     def _get_bracket_id(self, study: optuna.Study, trial: FrozenTrial) -> int:
         if not self._pruners:  # not set up yet: Optuna answers 0
             return super()._get_bracket_id(study, trial)
-        key = (study.study_name, trial.number)
-        if key not in self._brackets:
-            self._brackets[key] = super()._get_bracket_id(study, trial)
-        return self._brackets[key]
+        return self._bracket_ids(study, trial.number)[trial.number]
+
+    def _bracket_ids(self, study: optuna.Study, up_to: int) -> list[int]:
+        """The bracket of each of the study's trial numbers, at least up to ``up_to``."""
+        ids = self._brackets.setdefault(study.study_name, [])
+        while len(ids) <= up_to:
+            ids.append(super()._get_bracket_id(study, _Numbered(len(ids))))  # type: ignore[arg-type]
+        return ids
 
     def _promotion_step(self, bracket: int, rung: int) -> int:
         """The step at which a trial of ``bracket`` is judged for rung ``rung``."""
@@ -69,3 +81,38 @@ class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
         while self._promotion_step(bracket, rung) <= step:
             rung += 1
         return self._promotion_step(bracket, rung)
+
+
+@dataclass(frozen=True)
+class _Numbered:
+    """A trial number, all Optuna's bracket hash reads of a trial."""
+
+    number: int
+
+
+class _Bracket:
+    """What a successive-halving bracket reads of the study: its trials in the bracket, its
+    direction, its storage (Optuna's ``_BracketStudy`` gives it the same, and more)."""
+
+    def __init__(self, pruner: LeanHyperbandPruner, study: optuna.Study, bracket: int) -> None:
+        self._pruner = pruner
+        self._study = study
+        self._bracket = bracket
+        self._storage = study._storage
+
+    @property
+    def direction(self) -> StudyDirection:
+        return self._study.direction
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        if not trials:
+            return trials
+        last = trials[-1].number  # Optuna's storages give trials in number order
+        if len(trials) == last + 1:  # numbers 0..n-1: each trial's bracket is at its index
+            ids = self._pruner._bracket_ids(self._study, last)
+            return [t for t, bracket in zip(trials, ids, strict=False) if bracket == self._bracket]
+        ids = self._pruner._bracket_ids(self._study, max(t.number for t in trials))
+        return [t for t in trials if ids[t.number] == self._bracket]

@@ -158,15 +158,22 @@ class DrawAhead:
         self.start()
         if self._writer is None:
             return
-        finished = [t for t in trials if t.state.is_finished()]
-        new = [_lean(t) for t in finished if t.number not in self._sent]
-        running = [_lean(t) for t in trials if not t.state.is_finished()]
+        finished: list[int] = []
+        new: list[FrozenTrial] = []
+        running: list[FrozenTrial] = []
+        for t in trials:  # one pass: at 1000 trials each pass is a tenth of a millisecond
+            if t.state.is_finished():
+                finished.append(t.number)
+                if t.number not in self._sent:
+                    new.append(_lean(t))
+            else:
+                running.append(_lean(t))
         self._next_id += 1
         request = Request(
             self._next_id,
             self.sampler_kwargs,
             new,
-            [t.number for t in finished],
+            finished,
             running,
             list(directions),
             space,
