@@ -239,6 +239,8 @@ class NNConfig(_Frozen):
     trials: int = Field(default=20, ge=0)
     timeout: float | None = Field(default=None, gt=0, description="seconds for this run")
     epochs: int = Field(default=30, ge=1)
+    # Early stopping after this many epochs without improvement; a flat_cosine trial runs
+    # all its epochs instead, as RealMLP does (hpo.models.train.train_mlp).
     patience: int = Field(default=5, ge=1, description="epochs without improvement")
     search_space: NNSpace = NNSpace()
     # Tabular studies (every source but idx) try RealMLP-TD's defaults first, fitted into

@@ -62,3 +62,15 @@ def test_each_task_trains() -> None:
         result = train_mlp(MLPSpec.from_params(PARAMS), data, epochs=20, patience=5, device="cpu")
         assert metric in result.metrics
     assert result.metrics["val_accuracy"] > 0.9
+
+
+def test_flat_cosine_runs_all_its_epochs(digits) -> None:
+    # The same overfitting run as above stops within a few epochs at a constant rate; with
+    # flat_cosine it trains to the end of its schedule, and the best epoch is kept.
+    params = {**PARAMS, "learning_rate": 3e-2, "dropout": 0.0}
+    constant = train_mlp(MLPSpec.from_params(params), digits, epochs=20, patience=1, device="cpu")
+    flat = MLPSpec.from_params({**params, "lr_schedule": "flat_cosine"})
+    result = train_mlp(flat, digits, epochs=20, patience=1, device="cpu")
+    assert constant.epochs_run < 10
+    assert result.epochs_run == 20 and result.best_epoch < 19
+    assert result.val_loss == min(result.history)
