@@ -448,22 +448,41 @@ def tabular_suite_epochs(r: dict[str, Any]) -> list[str]:
     """hpo with a table's default ``nn.epochs`` and ``nn.patience`` (100 and 20) against
     the same rows with 30 and 5 (``tabular_suite_epochs30.json``, run alternately with it
     on one machine), and both against the suite's defaults (RealMLP-TD and the others)."""
-    shorter = json.loads((RESULTS / "tabular_suite_epochs30.json").read_text())
     epochs, patience = r["protocol"]["hpo_epochs"]
-    datasets = [d for d in r["datasets"] if any(row["dataset"] == d for row in r["results"])]
-    lines = _a_against_b(
-        shorter,
-        r,
-        datasets,
+    title = (
         f"**Epochs for tables** (`python benchmarks/tabular_suite.py --only hpo --budget 40 "
         f"--epochs {epochs} {patience}`, and with `--epochs 30 5`, hpo's default before, "
         "run alternately per dataset on one machine; the suite's "
         f"tables, splits, space and budget; each cell: 30 epochs with patience 5, {epochs} "
-        f"with patience {patience}, and how much better the second is, relative)",
+        f"with patience {patience}, and how much better the second is, relative)"
     )
+    return _variant_table("tabular_suite_epochs30.json", r, title, ("30/5", f"{epochs}/{patience}"))
+
+
+def tabular_suite_flat_cosine(r: dict[str, Any]) -> list[str]:
+    """hpo whose flat_cosine trials run all their epochs against the same suite run before,
+    when patience stopped them (``tabular_suite_epochs100.json``)."""
+    title = (
+        "**flat_cosine runs its whole schedule** (`python benchmarks/tabular_suite.py --only hpo "
+        "--budget 40 --results benchmarks/results/tabular_suite_flat_cosine.json`, against "
+        "`tabular_suite_epochs100.json`: the same command and machine kind the day before, "
+        "when early stopping (patience 20) also stopped flat_cosine trials; each cell: "
+        "stopped early, whole schedule, and how much better the second is, relative)"
+    )
+    return _variant_table("tabular_suite_epochs100.json", r, title, ("stopped", "whole"))
+
+
+def _variant_table(
+    reference: str, r: dict[str, Any], title: str, labels: tuple[str, str]
+) -> list[str]:
+    """A variant's hpo rows against a reference file's, and both against the suite's
+    defaults (RealMLP-TD and the others): the MLP's gap and every model's mean rank."""
+    before = json.loads((RESULTS / reference).read_text())
+    datasets = [d for d in r["datasets"] if any(row["dataset"] == d for row in r["results"])]
+    lines = _a_against_b(before, r, datasets, title)
     suite, metric = _seed_means(_suite())
     models = list(TABULAR_MODELS)
-    for name, run in (("30/5", shorter), (f"{epochs}/{patience}", r)):
+    for name, run in zip(labels, (before, r), strict=True):
         ours, _ = _seed_means(run)
         scores = {d: {m: (ours if m.startswith("hpo") else suite)[(d, m)] for m in models}
                   for d in datasets}  # fmt: skip
@@ -507,6 +526,7 @@ FORMATS = {
     "tabular_suite_kfold": tabular_suite_kfold,
     "tabular_suite_epochs100": tabular_suite_epochs,
     "tabular_suite_epochs30": lambda r: [],  # the reference of tabular_suite_epochs100
+    "tabular_suite_flat_cosine": tabular_suite_flat_cosine,
 }
 
 

@@ -21,7 +21,8 @@ The translation, and where it is only near:
 - Schedules: pytabkit's ``coslog4`` learning rate (four cosine cycles) and its
   ``flat_cos`` dropout and weight-decay schedules are one ``flat_cosine`` learning rate.
   Its 256 epochs are the study's ``nn.epochs`` (for a table 100 unless the spec says,
-  :data:`hpo.spec.TABLE_EPOCHS`), with the best epoch kept as RealMLP does.
+  :data:`hpo.spec.TABLE_EPOCHS`), all of them run (a flat_cosine trial does not stop
+  early) and the best epoch kept, as RealMLP does.
 """
 
 from __future__ import annotations
