@@ -465,8 +465,9 @@ def tabular_suite_flat_cosine(r: dict[str, Any]) -> list[str]:
     title = (
         "**flat_cosine runs its whole schedule** (`python benchmarks/tabular_suite.py --only hpo "
         "--budget 40 --results benchmarks/results/tabular_suite_flat_cosine.json`, against "
-        "`tabular_suite_epochs100.json`: the same command and machine kind the day before, "
-        "when early stopping (patience 20) also stopped flat_cosine trials; each cell: "
+        "`tabular_suite_epochs100.json`: the run of the day before with `--epochs 100 20`, "
+        "today's defaults, on the same machine kind, when early stopping (patience 20) also "
+        "stopped flat_cosine trials; each cell: "
         "stopped early, whole schedule, and how much better the second is, relative)"
     )
     return _variant_table("tabular_suite_epochs100.json", r, title, ("stopped", "whole"))

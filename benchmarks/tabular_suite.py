@@ -72,12 +72,32 @@ from hpo.spec import DataSpec, Task
 RESULT = RESULTS / "tabular_suite.json"
 
 
-def result_path(space: str, kfold: int, epochs: int | None = None) -> Path:
-    """The default results file of a run: the suite's own, or a variant's beside it (a
-    variant's rows must not replace the suite's, which the variant tables compare with)."""
-    variant = ("_default_space" if space == "default" else "") + ("_kfold" if kfold else "")
-    variant += f"_epochs{epochs}" if epochs else ""
-    return RESULT.with_stem(RESULT.stem + variant)
+@dataclass(frozen=True)
+class Variant:
+    """How hpo's rows are run: ``space`` "default" leaves the NN space and the scaling at
+    hpo's defaults for the table, "tabular" sets TABULAR_SPACE and TABULAR_SCALING;
+    ``kfold`` K > 1 validates on K folds of the non-test rows instead of the holdout;
+    ``epochs`` (epochs, patience) replaces hpo's ``nn.epochs`` and ``nn.patience``."""
+
+    space: str = "tabular"
+    kfold: int = 0
+    epochs: tuple[int, int] | None = None
+
+    def result_path(self) -> Path:
+        """The default results file: the suite's own, or this variant's beside it (a
+        variant's rows must not replace the suite's, which the variant tables compare with)."""
+        name = ("_default_space" if self.space == "default" else "") + (
+            "_kfold" if self.kfold else ""
+        )
+        name += f"_epochs{self.epochs[0]}" if self.epochs else ""
+        return RESULT.with_stem(RESULT.stem + name)
+
+    def protocol(self) -> dict[str, Any]:
+        return {
+            "hpo_space": SPACES[self.space],
+            "hpo_validation": f"kfold {self.kfold}" if self.kfold else "holdout",
+            "hpo_epochs": list(self.epochs) if self.epochs else "hpo's defaults",
+        }
 
 
 DATA_DIR = REPO / "data" / "tabular"  # the CSVs hpo reads (ignored by git)
@@ -376,29 +396,19 @@ TABULAR_SPACE: dict[str, Any] = {
 }
 
 
-def study_spec(
-    name: str,
-    seed: int,
-    budget: float,
-    space: str = "tabular",
-    kfold: int = 0,
-    epochs: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """The spec of one hpo run; ``space`` "default" leaves the NN space and the scaling at
-    hpo's defaults for the table, "tabular" sets TABULAR_SPACE and TABULAR_SCALING;
-    ``kfold`` K > 1 validates on K folds of the non-test rows instead of the holdout;
-    ``epochs`` (epochs, patience) replaces hpo's ``nn.epochs`` and ``nn.patience``."""
+def study_spec(name: str, seed: int, budget: float, variant: Variant = Variant()) -> dict[str, Any]:
+    """The spec of one hpo run of ``variant``."""
     table = TABLES[name]
     many = 100_000  # trials: the timeouts decide
     data: dict[str, Any] = {"source": "csv", "path": str(write_csv(name)), "target": table.target}
     nn: dict[str, Any] = {"trials": many, "timeout": round(NN_SHARE * budget, 1)}
-    if space == "tabular":
+    if variant.space == "tabular":
         data["scaling"] = TABULAR_SCALING
         nn["search_space"] = TABULAR_SPACE
-    if kfold:
-        data["validation"] = {"kfold": kfold}
-    if epochs:
-        nn["epochs"], nn["patience"] = epochs
+    if variant.kfold:
+        data["validation"] = {"kfold": variant.kfold}
+    if variant.epochs:
+        nn["epochs"], nn["patience"] = variant.epochs
     return {
         "name": f"tab-{name}-s{seed}",
         "task": table.task,
@@ -410,13 +420,7 @@ def study_spec(
 
 
 def run_hpo(
-    name: str,
-    seed: int,
-    budget: float,
-    python: str,
-    space: str = "tabular",
-    kfold: int = 0,
-    epochs: tuple[int, int] | None = None,
+    name: str, seed: int, budget: float, python: str, variant: Variant = Variant()
 ) -> dict[str, dict[str, Any]]:
     """One ``hpo run`` on a fresh SQLite file; the four hpo rows from its stored leaderboard."""
     import optuna
@@ -424,7 +428,7 @@ def run_hpo(
 
     from hpo.storage.stored import LEADERBOARD, Leaderboard
 
-    spec = study_spec(name, seed, budget, space, kfold, epochs)
+    spec = study_spec(name, seed, budget, variant)
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
@@ -559,9 +563,8 @@ def main() -> None:
         help="hpo's nn.epochs and nn.patience (default: hpo's)",
     )
     args = parser.parse_args()
-    args.results = args.results or result_path(
-        args.space, args.kfold, args.epochs[0] if args.epochs else None
-    )
+    variant = Variant(args.space, args.kfold, tuple(args.epochs) if args.epochs else None)
+    args.results = args.results or variant.result_path()
     names = [n for n in args.datasets.split(",") if n]
     unknown = [n for n in names if n not in TABLES]
     if unknown:
@@ -577,12 +580,7 @@ def main() -> None:
         info = describe(name)
         with locked_results(args.results) as result:
             result["datasets"][name] = info
-            result["protocol"] = {
-                **PROTOCOL,
-                "hpo_space": SPACES[args.space],
-                "hpo_validation": f"kfold {args.kfold}" if args.kfold else "holdout",
-                "hpo_epochs": list(args.epochs) if args.epochs else "hpo's defaults",
-            }
+            result["protocol"] = PROTOCOL | variant.protocol()
         for seed in seeds:
             if args.only != "hpo":
                 for model in models:
@@ -590,9 +588,7 @@ def main() -> None:
                     print(f"{name} seed {seed} {model}: {row}", flush=True)
                     save_result(args.results, name, seed, model, row)
             if args.only != "baselines":
-                rows = run_hpo(
-                    name, seed, args.budget, args.python, args.space, args.kfold, args.epochs
-                )
+                rows = run_hpo(name, seed, args.budget, args.python, variant)
                 for model, row in rows.items():
                     print(f"{name} seed {seed} {model}: test {row['test']:.4f}", flush=True)
                     save_result(args.results, name, seed, model, row)

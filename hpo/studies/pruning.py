@@ -111,8 +111,7 @@ class _Bracket:
         if not trials:
             return trials
         last = trials[-1].number  # Optuna's storages give trials in number order
+        ids = self._pruner._bracket_ids(self._study, last)
         if len(trials) == last + 1:  # numbers 0..n-1: each trial's bracket is at its index
-            ids = self._pruner._bracket_ids(self._study, last)
             return [t for t, bracket in zip(trials, ids, strict=False) if bracket == self._bracket]
-        ids = self._pruner._bracket_ids(self._study, max(t.number for t in trials))
         return [t for t in trials if ids[t.number] == self._bracket]
