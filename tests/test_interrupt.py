@@ -40,6 +40,26 @@ def test_sigint_mid_run_then_resume(write_spec, workdir: Path) -> None:
     assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 4
 
 
+def test_ctrl_c_through_exec_still_exits_130(tmp_path: Path) -> None:
+    # Ctrl-C landing inside exec() (a lazy import defining a dataclass) set CPython's
+    # "unhandled Ctrl-C" flag, and `python -m` died of SIGINT (-2) after the message.
+    (tmp_path / "interrupted_cmd.py").write_text(
+        "import typer\n"
+        "from hpo.cli import user_errors\n"
+        "app = typer.Typer()\n"
+        "@app.command()\n"
+        "@user_errors\n"
+        "def cmd() -> None:\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "app()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "interrupted_cmd"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Interrupted" in done.stderr and "Traceback" not in done.stderr
+
+
 def _states(db: Path) -> dict[str, int]:
     storage = open_storage(f"sqlite:///{db}")
     try:
