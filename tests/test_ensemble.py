@@ -104,7 +104,10 @@ def test_run_ends_with_a_leaderboard_of_nn_gbm_and_ensemble_rows(
             trial = (study if row["kind"] == "nn" else gbm).trials[row["trial"]]
             assert row["val_metric"] == pytest.approx(trial.user_attrs["val_accuracy"])
             assert row["test_metric"] == pytest.approx(trial.user_attrs["test_accuracy"])
-            assert row["val_loss"] == pytest.approx(trial.value, rel=1e-4)
+            if row["kind"] == "gbm":
+                assert row["val_loss"] == pytest.approx(trial.value, rel=1e-4)
+            else:  # the NN objective is the log loss at the best temperature: never above
+                assert trial.value <= row["val_loss"] * (1 + 1e-4)
     member_weights = [r["weight"] for r in board["rows"] if r["kind"] != "ensemble"]
     assert sum(member_weights) == pytest.approx(1.0)
 

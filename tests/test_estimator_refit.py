@@ -39,9 +39,15 @@ class Exported:
 
 
 def _export(
-    root: Path, name: str, task: str, space: dict[str, Any] | None = None, **nn: Any
+    root: Path,
+    name: str,
+    task: str,
+    space: dict[str, Any] | None = None,
+    ensemble: dict[str, Any] | None = None,
+    **nn: Any,
 ) -> Exported:
     spec = {**TINY_SPEC, "task": task, "data": {**TINY_SPEC["data"], "name": name}}
+    spec["ensemble"] = {**TINY_SPEC["ensemble"], **(ensemble or {})}
     if space or nn:
         tiny = TINY_SPEC["nn"]
         spec["nn"] = {**tiny, **nn, "search_space": {**tiny["search_space"], **(space or {})}}
@@ -90,10 +96,13 @@ def test_refit_replays_the_schedule_smoothing_and_heads_of_each_member(
     """A cosine runs over the study's epochs, not the shorter refit; a plateau schedule's
     rates are replayed; label smoothing and k heads train as in the trial."""
     space = {"lr_schedule": schedule, "label_smoothing": 0.1, "heads": 2, "optimizer": "adamw"}
-    # Many epochs and little patience: early stopping ends trials before the schedule does.
-    # Many epochs: early stopping ends trials before a cosine does; a patience of 6 lets a
-    # plateau cut the rate (after 3 epochs) and a trial improve after it.
-    exported = _export(tmp_path, "digits", "multiclass", space, epochs=40, patience=6)
+    # Many epochs: early stopping ends trials before a cosine does. A high learning rate
+    # and a patience of 8 let a plateau cut the rate (after 4 flat epochs) and a trial
+    # improve after it; the average ensemble keeps both NN members (greedy may drop one).
+    space["learning_rate"] = {"low": 0.01, "high": 0.03, "log": True}
+    exported = _export(
+        tmp_path, "digits", "multiclass", space, {"method": "average"}, epochs=40, patience=8
+    )
     model = hpo.load_ensemble(exported.bundle)
     recipes = [m.refit for m in model.manifest_.members if m.kind == "nn"]
     assert all(r is not None and r.epochs is not None for r in recipes)

@@ -29,6 +29,7 @@ from hpo.ensemble.selection import (
 )
 from hpo.errors import HpoError
 from hpo.models.metrics import selection_key, validation_loss
+from hpo.models.train import calibrated_validation_loss
 from hpo.spec import StudySpec, load_spec
 from hpo.storage import stored
 from hpo.storage.backend import open_artifacts, open_storage
@@ -153,8 +154,10 @@ def test_a_kfold_trial_stores_k_fold_models_and_its_oof_predictions(tuned: Tuned
         oof = read_npy(raw)
         assert oof.dtype == np.float32 and oof.shape == (len(data.pool.y), 3)
         assert np.allclose(oof.sum(axis=1), 1, atol=1e-5)
-        # The objective is the loss of the out-of-fold predictions over every non-test row.
-        assert trial.value == pytest.approx(validation_loss(data.task, oof, data.pool.y), rel=1e-5)
+        # The objective is the loss of the out-of-fold predictions over every non-test row
+        # (the NN's at its best temperature).
+        loss = calibrated_validation_loss if kind == "nn" else validation_loss
+        assert trial.value == pytest.approx(loss(data.task, oof, data.pool.y), rel=1e-5)
         # ... and each fold's rows are predicted by the model that never trained on them.
         member = next(m for m in tuned.report.members if (m.kind, m.trial) == (kind, trial.number))
         assert isinstance(member, BaggedMember) and len(member.folds) == K

@@ -22,6 +22,7 @@ from hpo.models.metrics import (
     selection_key,
     validation_loss,
 )
+from hpo.models.train import calibrated_validation_loss
 from hpo.storage.backend import open_artifacts, open_storage
 from hpo.storage.stored import StoredStudy
 
@@ -178,13 +179,12 @@ def test_binary_runs_record_and_show_roc_auc(
         top = min(trials, key=lambda t: t.value)
         assert top.user_attrs["val_roc_auc"] > 0.9 and top.user_attrs["test_roc_auc"] > 0.9
         # Both objectives are the log loss of the saved model on validation: the NN's
-        # binary cross-entropy and XGBoost's logloss are one quantity.
+        # binary cross-entropy (at its best temperature) and XGBoost's logloss.
         stored = StoredStudy.open("tiny", open_storage(must_exist=True))
         member = load_member(kind, top, f"tiny-{kind}", open_artifacts(), stored.data)
         pred = member.predict(stored.data.val.x)
-        assert validation_loss("binary", pred, stored.data.val.y) == pytest.approx(
-            top.value, rel=1e-3
-        )
+        loss = calibrated_validation_loss if kind == "nn" else validation_loss
+        assert loss("binary", pred, stored.data.val.y) == pytest.approx(top.value, rel=1e-3)
     board = optuna.load_study(study_name="tiny-nn", storage=STORAGE).user_attrs["ensemble"]
     assert board["metric"] == "accuracy" and board["loss"] == "log_loss"
     for row in board["rows"]:

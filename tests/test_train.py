@@ -3,10 +3,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from hpo.data.dataset import load_dataset
 from hpo.models.mlp import MLPSpec
-from hpo.models.train import NonFiniteLoss, train_mlp
+from hpo.models.train import (
+    TEMPERATURE_RANGE,
+    NonFiniteLoss,
+    calibrated_log_loss,
+    calibrated_validation_loss,
+    loss_function,
+    train_mlp,
+)
 from hpo.spec import DataSpec
 
 PARAMS = {
@@ -74,3 +82,39 @@ def test_flat_cosine_runs_all_its_epochs(digits) -> None:
     assert constant.epochs_run < 10
     assert result.epochs_run == 20 and result.best_epoch < 19
     assert result.val_loss == min(result.history)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary"])
+def test_calibrated_log_loss_is_the_log_loss_at_the_best_scale(task: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    n, c = 200, 4 if task == "multiclass" else 1
+    logits = torch.randn(n, c, generator=gen)
+    y = torch.randint(0, max(c, 2), (n,), generator=gen)
+    target = y.float() if task == "binary" else y
+    if task == "binary":
+        logits[:, 0] = 2 * logits[:, 0] + 4 * (2 * target - 1)  # best scale inside 0.5..2
+    else:
+        logits[torch.arange(n), y] += 2  # best scale inside 0.5..2
+    loss = loss_function(task)
+    grid = torch.linspace(*TEMPERATURE_RANGE, 4000)
+    best = min(float(loss(s * logits, target)) for s in grid)
+    got = float(calibrated_log_loss(task, logits, target))
+    assert got == pytest.approx(best, abs=1e-5)
+    assert got < float(loss(logits, target))  # these logits are not at their best scale
+    # A smoothed network's shrunken logits score as the network does (the point of it).
+    assert float(calibrated_log_loss(task, logits / 2, target)) == pytest.approx(got, abs=1e-5)
+
+
+def test_calibrated_loss_of_probabilities_matches_that_of_logits() -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(100, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (100,), generator=gen)
+    probs = torch.softmax(logits, dim=-1).numpy()
+    from_probs = calibrated_validation_loss("multiclass", probs, y.numpy())
+    assert from_probs == pytest.approx(float(calibrated_log_loss("multiclass", logits, y)))
+    p1 = torch.sigmoid(logits[:, :1])
+    binary = torch.cat([1 - p1, p1], dim=1).numpy()
+    yb = (y > 0).double()
+    from_binary = calibrated_validation_loss("binary", binary, yb.numpy())
+    expected = float(calibrated_log_loss("binary", logits[:, :1], yb))
+    assert from_binary == pytest.approx(expected)

@@ -19,6 +19,7 @@ a float32 ``.npy`` artifact (``oof_artifact_id``; rows in pool order, see
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import optuna
 
 from hpo.data.dataset import Dataset
 from hpo.models.metrics import MetricName, recorded_metrics, scores, validation_loss
+from hpo.spec import Task
 from hpo.storage import stored
 from hpo.storage.backend import FileSystemArtifactStore, upload_bytes, write_trial
 
@@ -41,15 +43,20 @@ def out_of_fold(data: Dataset, fold_predictions: list[np.ndarray]) -> np.ndarray
 
 
 def fold_scores(
-    data: Dataset, oof: np.ndarray, test_predictions: list[np.ndarray], metric: MetricName
+    data: Dataset,
+    oof: np.ndarray,
+    test_predictions: list[np.ndarray],
+    metric: MetricName,
+    loss: Callable[[Task, np.ndarray, np.ndarray], float] = validation_loss,
 ) -> tuple[float, dict[str, float]]:
-    """The trial's objective (the OOF loss over every non-test row) and its recorded
-    metrics: ``val_*`` out of fold, ``test_*`` of the fold models' average."""
+    """The trial's objective (the family's ``loss`` of the OOF prediction over every
+    non-test row) and its recorded metrics: ``val_*`` out of fold, ``test_*`` of the fold
+    models' average."""
     assert data.pool is not None
     names = recorded_metrics(data.task, metric)
     test = np.mean(test_predictions, axis=0)
     metrics = scores(names, "val", oof, data.pool.y) | scores(names, "test", test, data.test.y)
-    return validation_loss(data.task, oof, data.pool.y), metrics
+    return loss(data.task, oof, data.pool.y), metrics
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -15,6 +15,7 @@ from hpo.models.threads import configure_threads
 from hpo.models.train import (
     NonFiniteLoss,
     TrainResult,
+    calibrated_validation_loss,
     pick_device,
     predict_raw,
     to_prediction,
@@ -102,7 +103,9 @@ class NNObjective(TrialObjective):
                 preds.append(to_prediction(view.task, out, view.y_mean, view.y_std))
             results.append(result)
         oof = out_of_fold(self.data, val_preds)
-        objective, metrics = fold_scores(self.data, oof, test_preds, self.spec.metric)
+        objective, metrics = fold_scores(
+            self.data, oof, test_preds, self.spec.metric, calibrated_validation_loss
+        )
         first = results[0]
         attrs: dict[str, Any] = {
             "val_loss": objective,
