@@ -93,21 +93,9 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("Interrupted: finished trials are kept; run again to continue.")
-            forget_unhandled_interrupt()
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def forget_unhandled_interrupt() -> None:
-    """Exit 130 on a handled Ctrl-C, not die of SIGINT.
-
-    A KeyboardInterrupt that passed through ``exec`` of a string on its way here (Ctrl-C
-    while a lazy import defines a dataclass, say) leaves CPython's "unhandled Ctrl-C" flag
-    set even though it was caught, and ``python -m hpo`` then kills itself with SIGINT on
-    its way out (exit -2, no traceback). Each ``exec`` of a string starts by clearing it.
-    """
-    exec("")
 
 
 def log(message: str) -> None:

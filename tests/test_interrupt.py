@@ -42,16 +42,16 @@ def test_sigint_mid_run_then_resume(write_spec, workdir: Path) -> None:
 
 def test_ctrl_c_through_exec_still_exits_130(tmp_path: Path) -> None:
     # Ctrl-C landing inside exec() (a lazy import defining a dataclass) set CPython's
-    # "unhandled Ctrl-C" flag, and `python -m` died of SIGINT (-2) after the message.
+    # "unhandled Ctrl-C" flag, and `python -m hpo` died of SIGINT (-2) after the message.
     (tmp_path / "interrupted_cmd.py").write_text(
-        "import typer\n"
-        "from hpo.cli import user_errors\n"
-        "app = typer.Typer()\n"
-        "@app.command()\n"
+        "import runpy, sys\n"
+        "from hpo.cli import app, user_errors\n"
+        "@app.command('boom')\n"
         "@user_errors\n"
-        "def cmd() -> None:\n"
+        "def boom() -> None:\n"
         "    exec('raise KeyboardInterrupt')\n"
-        "app()\n"
+        "sys.argv = ['hpo', 'boom']\n"
+        "runpy.run_module('hpo', run_name='__main__')  # as `python -m hpo boom`\n"
     )
     done = subprocess.run(
         [sys.executable, "-m", "interrupted_cmd"], cwd=tmp_path, capture_output=True, text=True

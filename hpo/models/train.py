@@ -246,20 +246,14 @@ def calibrated_log_loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> tor
     kept it. pytabkit picks RealMLP's best epoch by class error for this reason; one
     fitted scale keeps the loss smooth for pruning and TPE, and fair to every trial.
     """
-    z = logits.squeeze(-1) if task == "binary" else logits
+    # Binary's one logit z is the two-class softmax of (0, z): one path for both tasks.
+    z = torch.nn.functional.pad(logits, (1, 0)) if task == "binary" else logits
+    picked = z.gather(1, y.long().unsqueeze(1)).squeeze(1)
     scale = torch.ones((), dtype=z.dtype, device=z.device)
-    if task == "binary":
-        target = y.to(z.dtype)
-    else:
-        picked = z.gather(1, y.long().unsqueeze(1)).squeeze(1)
     for _ in range(NEWTON_STEPS):  # d/ds and d2/ds2 of the log loss of s * z
-        if task == "binary":
-            p = torch.sigmoid(scale * z)
-            grad, curv = ((p - target) * z).mean(), (p * (1 - p) * z * z).mean()
-        else:
-            p = torch.softmax(scale * z, dim=-1)
-            mean_z = (p * z).sum(-1)
-            grad, curv = (mean_z - picked).mean(), ((p * z * z).sum(-1) - mean_z**2).mean()
+        p = torch.softmax(scale * z, dim=-1)
+        mean_z = (p * z).sum(-1)
+        grad, curv = (mean_z - picked).mean(), ((p * z * z).sum(-1) - mean_z**2).mean()
         scale = (scale - grad / curv.clamp_min(1e-12)).clamp(*TEMPERATURE_RANGE)
     loss = loss_function(task)
     return torch.minimum(loss(scale * logits, y), loss(logits, y))
