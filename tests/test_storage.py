@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
 import sqlalchemy
+from conftest import PG_ADMIN
 
+import hpo.storage.backend
 from hpo.errors import HpoError
 from hpo.storage.backend import (
     new_sqlite_file,
@@ -70,6 +73,30 @@ def test_postgresql_commits_do_not_wait_for_the_disk_unless_the_url_says(pg_url:
     assert _setting(open_storage(pg_url), "synchronous_commit") == "off"
     strict = f"{pg_url}?options=-c%20synchronous_commit%3Don"
     assert _setting(open_storage(strict), "synchronous_commit") == "on"
+
+
+def test_postgresql_pings_only_connections_left_idle(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection back in the pool a moment ago is used as is (a ping is a round trip);
+    one left idle is pinged, and a dead one (a restarted server) replaced, not failed."""
+    storage = open_storage(pg_url)
+    engine = storage.engine  # type: ignore[attr-defined]
+    pings = []
+    real_ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda conn: pings.append(1) or real_ping(conn))
+    assert _setting(storage, "synchronous_commit") == "off"
+    assert _setting(storage, "synchronous_commit") == "off"
+    assert pings == []  # new, then back a moment ago
+    database = sqlalchemy.engine.make_url(pg_url).database
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+    monkeypatch.setattr(hpo.storage.backend, "PING_AFTER_IDLE_S", 0.0)
+    assert _setting(storage, "synchronous_commit") == "off"  # a new connection, set up alike
+    assert pings  # the dead one was pinged first
 
 
 def test_sqlite_syncs_at_checkpoints_only(workdir: Path) -> None:

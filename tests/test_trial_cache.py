@@ -185,12 +185,11 @@ def test_trials_a_worker_ended_are_not_read_again_until_it_expires(
     monkeypatch.setattr(cache._backend, "_get_trials", spy)
     mine = optuna.create_study(study_name="kept", storage=cache)
     mine.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=10)
-    assert read  # it read its running trials, as Optuna's cache does
-    assert {state for _, state in read} == {optuna.trial.TrialState.RUNNING}
+    assert read == []  # its own trials, running or ended, are held as written
     # Another worker's trial is read, ended.
     optuna.load_study(study_name="kept", storage=url).optimize(lambda t: 0.5, n_trials=1)
     assert len(mine.trials) == 11
-    assert read[-1] == (10, optuna.trial.TrialState.COMPLETE)
+    assert read == [(10, optuna.trial.TrialState.COMPLETE)]
     # expire() reads them all as stored.
     cache.expire()
     held = [(t.number, t.state, t.values, t.params, t.datetime_complete) for t in mine.trials]
@@ -218,8 +217,17 @@ def test_own_running_trial_is_kept_as_written_and_handed_out_as_a_copy(workdir: 
     assert cache.get_trial(trial._trial_id).values == [1.0]
 
 
-def test_a_write_to_own_trial_that_another_process_failed_is_refused(workdir: Path) -> None:
-    url = f"sqlite:///{workdir}/failed.db"
+def _url(database: str, workdir: Path, request: pytest.FixtureRequest) -> str:
+    return (
+        f"sqlite:///{workdir}/hpo.db" if database == "sqlite" else request.getfixturevalue("pg_url")
+    )
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_write_to_own_trial_that_another_process_failed_is_refused(
+    database: str, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    url = _url(database, workdir, request)
     cache = TrialCache(open_storage(url))
     study = optuna.create_study(study_name="failed", storage=cache)
     trial = study.ask()
@@ -312,10 +320,11 @@ def test_a_trials_last_write_goes_with_its_state(workdir: Path, end: str) -> Non
     assert cache.get_trial(trial._trial_id).state == stored.state
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_last_write_is_refused_with_the_state_where_another_process_ended_it(
-    workdir: Path,
+    database: str, workdir: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = f"sqlite:///{workdir}/ended.db"
+    url = _url(database, workdir, request)
     cache = TrialCache(open_storage(url))
     study = optuna.create_study(study_name="ended", storage=cache)
     trial = study.ask()
@@ -327,3 +336,22 @@ def test_a_last_write_is_refused_with_the_state_where_another_process_ended_it(
     stored = _stored_trial(url, "ended")
     assert stored.state.name == "FAIL"
     assert stored.user_attrs == {} and stored.intermediate_values == {}
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_write_that_fails_writes_nothing(
+    database: str, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    """A trial's rows go in one transaction (on PostgreSQL, sent together with its commit):
+    one row the database refuses, and none of them is stored."""
+    url = _url(database, workdir, request)
+    study = optuna.create_study(study_name="atomic", storage=TrialCache(open_storage(url)))
+    trial = study.ask()
+    write_trial(trial, {"first": 1}, {0: 0.5})
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        write_trial(trial, {"second": 2}, {1: 0.4, 0: 0.6})  # step 0 is stored already
+    stored = _stored_trial(url, "atomic")
+    assert stored.user_attrs == {"first": 1}
+    assert stored.intermediate_values == {0: 0.5}
+    write_trial(trial, {"third": 3}, {1: 0.4})  # the connection is usable again
+    assert _stored_trial(url, "atomic").user_attrs == {"first": 1, "third": 3}

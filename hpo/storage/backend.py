@@ -14,6 +14,7 @@ import re
 import socket
 import sqlite3
 import tempfile
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -64,6 +65,7 @@ SQLITE_BUSY_TIMEOUT_S = 60  # writers wait this long for the lock instead of fai
 # (".pt" -> application/vnd.snesdev-page-table).
 MODEL_MIMETYPE = "application/octet-stream"
 CONNECT_TIMEOUT_S = 5  # a wrong host fails within seconds, not minutes
+PING_AFTER_IDLE_S = 10.0  # a pooled server connection left idle this long is pinged first
 # Insert-or-replace in one statement, per database (as Optuna writes attrs).
 UPSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 # Databases whose INSERT and UPDATE can return what they wrote (not MySQL).
@@ -122,10 +124,7 @@ def open_storage(
     if backend == "sqlite":
         _prepare_sqlite(parsed.database, must_exist=must_exist)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    elif backend == "postgresql":
-        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-        engine_kwargs["pool_pre_ping"] = True
-    elif backend == "mysql":
+    elif backend in ("postgresql", "mysql"):
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     retry = (
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
@@ -151,8 +150,14 @@ def open_storage(
             engine.dispose()
         if backend == "sqlite":
             _sync_at_checkpoints(storage.engine)
-        elif backend == "postgresql" and "synchronous_commit" not in str(parsed.query):
-            _commit_without_waiting_for_flush(storage.engine)
+        elif backend == "postgresql":
+            _ping_connections_left_idle(storage.engine)
+            # Rows of one insert in one statement (INSERT ... VALUES (...), (...)), as
+            # SQLAlchemy's psycopg2 dialect sends them: psycopg 3's executemany sends each
+            # row as a statement of its own, and a trial's ~20 params made 20 of them.
+            storage.engine.dialect.use_insertmanyvalues_wo_returning = True
+            if "synchronous_commit" not in str(parsed.query):
+                _commit_without_waiting_for_flush(storage.engine)
         return storage
     except (
         sqlalchemy.exc.SQLAlchemyError,
@@ -178,6 +183,31 @@ def _sync_at_checkpoints(engine: sqlalchemy.engine.Engine) -> None:
         connection.execute("PRAGMA synchronous=NORMAL")
 
     engine.dispose()  # connections opened while creating the storage predate the listener
+
+
+def _ping_connections_left_idle(engine: sqlalchemy.engine.Engine) -> None:
+    """SQLAlchemy's ``pool_pre_ping`` for the connections that need it: one that sat in the
+    pool ``PING_AFTER_IDLE_S`` or more (where a restarted server or a firewall's idle
+    timeout may have dropped it) is pinged before use, and replaced if dead. A connection
+    back within seconds is not: a digits trial checks connections out five times, and
+    each ping was a round trip to a server that shares the worker's cores
+    (benchmarks/optuna_overhead.py)."""
+
+    @sqlalchemy.event.listens_for(engine, "checkin")
+    def _idle_from(_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sqlalchemy.event.listens_for(engine, "checkout")
+    def _ping(connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return  # new, or back from work a moment ago
+        try:
+            engine.dialect.do_ping(connection)
+        except engine.dialect.loaded_dbapi.Error as e:
+            # The pool drops this connection and checks out another (SQLAlchemy's
+            # "pessimistic disconnect handling").
+            raise sqlalchemy.exc.DisconnectionError(str(e)) from e
 
 
 def _commit_without_waiting_for_flush(engine: sqlalchemy.engine.Engine) -> None:
@@ -322,9 +352,16 @@ def trial_state_counts(
             .where(TrialModel.study_id == study_id)
             .group_by(TrialModel.state)
         )
-        with database.engine.connect() as connection:
+        with _reading(database) as connection:
             return collections.Counter({state: n for state, n in connection.execute(query)})
     return collections.Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
+
+
+def _reading(database: optuna.storages.RDBStorage) -> sqlalchemy.Connection:
+    """A connection for one read, outside a transaction: on PostgreSQL a transaction
+    costs a BEGIN and a ROLLBACK, each a round trip, around the one query that a worker
+    makes before every trial."""
+    return database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def trial_ids_after(
@@ -342,7 +379,7 @@ def trial_ids_after(
         )
         .where(STUDIES.c.study_id == study_id)
     )
-    with database.engine.connect() as connection:
+    with _reading(database) as connection:
         rows = connection.execute(query).all()
     if not rows:
         return None
@@ -536,53 +573,92 @@ def _write_rows(
         if row is None:  # as Optuna's TrialModel.find_or_raise_by_id
             raise KeyError(f"No trial with trial-id {trial_id} exists.")
         database.check_trial_is_updatable(trial_id, row.state)
-        if params:
-            known = _known_distributions(storage, row.study_id)
-            for name, (_, distribution) in params.items():
-                previous = known.get(name) or _stored_distribution(conn, row.study_id, name)
-                if previous is not None:
-                    check_distribution_compatibility(previous, distribution)
-            conn.execute(
-                PARAMS.insert(),
-                [
-                    {
-                        "trial_id": trial_id,
-                        "param_name": name,
-                        "param_value": internal,
-                        "distribution_json": distribution_to_json(distribution),
-                    }
-                    for name, (internal, distribution) in params.items()
-                ],
-            )
-        if values:
-            conn.execute(INTERMEDIATE_VALUES.insert(), values)
-        _set_attrs(conn, USER_ATTRS, trial_id, attrs)
-        _set_attrs(conn, SYSTEM_ATTRS, trial_id, unwritten.system_attrs)
-        if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
-            new_state, objective_values = end
-            scores = []  # a running trial has none yet: Optuna writes them with its end
-            for objective, score in enumerate(objective_values or ()):
-                stored_score, score_type = TrialValueModel.value_to_stored_repr(score)
-                scores.append(
-                    {
-                        "trial_id": trial_id,
-                        "objective": objective,
-                        "value": stored_score,
-                        "value_type": score_type,
-                    }
-                )
-            if scores:
-                conn.execute(TRIAL_VALUES.insert(), scores)
-            conn.execute(
-                TRIALS.update()
-                .where(TRIALS.c.trial_id == trial_id)
-                .values(state=new_state, datetime_complete=datetime.now())
-            )
-    if params:
+        known = _known_distributions(storage, row.study_id) if params else {}
         for name, (_, distribution) in params.items():
-            known.setdefault(name, distribution)  # as Optuna's cache remembers the first
+            previous = known.get(name) or _stored_distribution(conn, row.study_id, name)
+            if previous is not None:
+                check_distribution_compatibility(previous, distribution)
+        with _sent_with_the_commit(conn):
+            if params:
+                conn.execute(
+                    PARAMS.insert().inline(),
+                    [
+                        {
+                            "trial_id": trial_id,
+                            "param_name": name,
+                            "param_value": internal,
+                            "distribution_json": distribution_to_json(distribution),
+                        }
+                        for name, (internal, distribution) in params.items()
+                    ],
+                )
+            if values:
+                conn.execute(INTERMEDIATE_VALUES.insert().inline(), values)
+            _set_attrs(conn, USER_ATTRS, trial_id, attrs)
+            _set_attrs(conn, SYSTEM_ATTRS, trial_id, unwritten.system_attrs)
+            if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
+                _end_trial(conn, trial_id, *end)
+    for name, (_, distribution) in params.items():
+        known.setdefault(name, distribution)  # as Optuna's cache remembers the first
     if isinstance(storage, TrialCache):  # it keeps this process's running trials
         storage.wrote(trial_id, params=params, curve=curve, user_attrs=attrs)
+
+
+def _end_trial(
+    conn: sqlalchemy.Connection,
+    trial_id: int,
+    state: TrialState,
+    objective_values: Sequence[float] | None,
+) -> None:
+    """Write a trial's values and finished state, as Optuna's ``set_trial_state_values``."""
+    scores = []  # a running trial has none yet: Optuna writes them with its end
+    for objective, score in enumerate(objective_values or ()):
+        stored_score, score_type = TrialValueModel.value_to_stored_repr(score)
+        scores.append(
+            {
+                "trial_id": trial_id,
+                "objective": objective,
+                "value": stored_score,
+                "value_type": score_type,
+            }
+        )
+    if scores:
+        conn.execute(TRIAL_VALUES.insert().inline(), scores)
+    conn.execute(
+        TRIALS.update()
+        .where(TRIALS.c.trial_id == trial_id)
+        .values(state=state, datetime_complete=datetime.now())
+    )
+
+
+@contextmanager
+def _sent_with_the_commit(conn: sqlalchemy.Connection) -> Iterator[None]:
+    """The block's writes and the transaction's commit go to PostgreSQL together, in one
+    round trip (psycopg's pipeline mode), not one round trip each: on a server that shares
+    the worker's cores, or one across a network, each is a wait
+    (benchmarks/optuna_overhead.py). The block ends the transaction; its statements
+    return nothing (inserts are ``inline()``: no RETURNING of their keys). A write the
+    database refuses raises, as SQLAlchemy's error, once the round trip is back, and
+    the transaction is rolled back whole. Elsewhere (SQLite is a file, MySQL has no
+    pipeline) the block runs as it is, and the commit follows it as usual."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    driver: Any = conn.connection.driver_connection  # psycopg's Connection
+    try:
+        with driver.pipeline():
+            yield
+            # Queued, not Connection.commit(), which would wait for its own round trip
+            # before the pipeline's end waits for another. SQLAlchemy's commit then finds
+            # the transaction over and sends nothing.
+            driver.execute("COMMIT")
+    except conn.dialect.loaded_dbapi.Error as e:
+        # A refused write, raised by the pipeline's end, which SQLAlchemy did not see: its
+        # own error, as its execute would have raised it. (The pipeline stopped before the
+        # COMMIT; the transaction's end rolls it back.)
+        raise sqlalchemy.exc.DBAPIError.instance(
+            "COMMIT", None, e, conn.dialect.loaded_dbapi.Error
+        ) from e
 
 
 def create_running_trial(
@@ -593,7 +669,7 @@ def create_running_trial(
 
     One transaction where Optuna's ``_create_new_trial`` makes four statements through its
     ORM and its heartbeat thread then a transaction of its own: the study's row locked, so
-    that concurrent creations number in turn; the trial inserted; its number set; its first
+    that concurrent creations number in turn; the trial inserted with its number; its first
     heartbeat, where the storage has them (at the database's time, as Optuna's). Where
     RETURNING is missing (MySQL) or the write fails (a deadlock among many workers):
     Optuna's own, with its retries, and no heartbeat."""
@@ -610,25 +686,27 @@ def create_running_trial(
             ).one_or_none()
             if locked is None:  # as Optuna's StudyModel.find_or_raise_by_id
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            trial_id = conn.execute(
-                TRIALS.insert()
-                .values(study_id=study_id, state=TrialState.RUNNING, datetime_start=start)
-                .returning(TRIALS.c.trial_id)
-            ).scalar_one()
+            # With the study locked, every earlier trial is in and no later one: the count
+            # is Optuna's number (its trials below this one's id), in the same statement.
             earlier = (
                 sqlalchemy.select(sqlalchemy.func.count())
                 .select_from(TRIALS)
-                .where(TRIALS.c.study_id == study_id, TRIALS.c.trial_id < trial_id)
+                .where(TRIALS.c.study_id == study_id)
                 .scalar_subquery()
             )
-            number = conn.execute(
-                TRIALS.update()
-                .where(TRIALS.c.trial_id == trial_id)
-                .values(number=earlier)
-                .returning(TRIALS.c.number)
-            ).scalar_one()
-            if heartbeat:
-                conn.execute(HEARTBEATS.insert().values(trial_id=trial_id))
+            trial_id, number = conn.execute(
+                TRIALS.insert()
+                .values(
+                    number=earlier,
+                    study_id=study_id,
+                    state=TrialState.RUNNING,
+                    datetime_start=start,
+                )
+                .returning(TRIALS.c.trial_id, TRIALS.c.number)
+            ).one()
+            with _sent_with_the_commit(conn):
+                if heartbeat:
+                    conn.execute(HEARTBEATS.insert().inline().values(trial_id=trial_id))
     except optuna.exceptions.StorageInternalError:
         return database._create_new_trial(study_id), False
     trial = FrozenTrial(
@@ -700,7 +778,7 @@ def _set_attrs(
 def _upsert(dialect: str, table: sqlalchemy.Table) -> Any:
     """The insert-or-replace of an attr row in ``table`` (built once: building it anew
     for every write cost more than running it)."""
-    insert = UPSERTS[dialect](table)
+    insert = UPSERTS[dialect](table).inline()  # no RETURNING: see _sent_with_the_commit
     return insert.on_conflict_do_update(
         index_elements=[table.c.trial_id, table.c.key],
         set_={"value_json": insert.excluded.value_json},

@@ -94,15 +94,6 @@ class TrialCache(_CachedStorage):
             started = time.monotonic()
             self._read_new_and_unfinished(study_id)
             self._read_at[study_id] = started
-            # The read brought this process's running trials as stored: put back what is
-            # not stored yet.
-            for trial_id, rows in self._unwritten.items():
-                self.wrote(
-                    trial_id,
-                    curve=rows.curve,
-                    user_attrs=rows.user_attrs,
-                    system_attrs=rows.system_attrs,
-                )
 
     def _read_new_and_unfinished(self, study_id: int) -> None:
         """Optuna's read of a study's trials that are new or were unfinished, less those
@@ -120,7 +111,8 @@ class TrialCache(_CachedStorage):
             new = trial_ids_after(self._backend, study_id, study.last_finished_trial_id)
             if new is None:  # as Optuna's StudyModel.find_or_raise_by_id
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            wanted = (study.unfinished_trial_ids | set(new)) - self._kept
+            # Not this process's own trials either: running ones are held as written.
+            wanted = (study.unfinished_trial_ids | set(new)) - self._kept - self._own
             newest = max(new, default=study.last_finished_trial_id)
             # Also any trial created since the list (above ``newest``), as Optuna reads.
             trials = (
