@@ -547,6 +547,8 @@ def _write_rows(
     from the first stored param of that name); params and values inserted (each is
     written once), attrs inserted or replaced. One statement each, in SQLAlchemy Core:
     Optuna's ORM session cost more than the database did (benchmarks/optuna_overhead.py).
+    On PostgreSQL the writes go out with the commit, in one round trip
+    (:func:`_sent_with_the_commit`).
     """
     # What TrialCache holds for the trial: system attrs its sampler and pruner set since its
     # last write, and its last user attrs and values where it waits for the state (defer).

@@ -96,8 +96,9 @@ class TrialCache(_CachedStorage):
             self._read_at[study_id] = started
 
     def _read_new_and_unfinished(self, study_id: int) -> None:
-        """Optuna's read of a study's trials that are new or were unfinished, less those
-        this process ended, which it holds as it wrote them (:attr:`_kept`).
+        """Optuna's read of a study's trials that are new or were unfinished, less this
+        process's own, running (:attr:`_own`) or ended (:attr:`_kept`), which it holds
+        as it wrote them.
 
         Optuna's cache reads every trial above the last finished one it read: a lone
         worker read again, whole, every trial it had run since its last read (one read a
@@ -111,7 +112,6 @@ class TrialCache(_CachedStorage):
             new = trial_ids_after(self._backend, study_id, study.last_finished_trial_id)
             if new is None:  # as Optuna's StudyModel.find_or_raise_by_id
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            # Not this process's own trials either: running ones are held as written.
             wanted = (study.unfinished_trial_ids | set(new)) - self._kept - self._own
             newest = max(new, default=study.last_finished_trial_id)
             # Also any trial created since the list (above ``newest``), as Optuna reads.
