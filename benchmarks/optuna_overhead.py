@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, checkout_label, fresh_postgres_database, write_result
 
 import hpo
+import hpo.storage.backend
 import hpo.studies.nn
 from hpo.data.dataset import load_dataset
 from hpo.models.mlp import build_mlp
@@ -134,6 +135,9 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
 
     engine = storage.engine
     sqlalchemy.event.listen(engine, "commit", lambda conn: counts.update(["commit"]))
+    pipelined = getattr(hpo.storage.backend, "_pipelined_transaction", None)  # newer hpo only
+    if pipelined is not None:
+        hpo.storage.backend._pipelined_transaction = counting_commits(pipelined, counts)
     sqlalchemy.event.listen(
         engine, "before_cursor_execute", lambda *args: counts.update(["statement"])
     )
@@ -150,6 +154,8 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
             )
     finally:
         hpo.studies.nn.train_mlp = real_train
+        if pipelined is not None:
+            hpo.storage.backend._pipelined_transaction = pipelined
     out: dict[str, float] = {}
     for w in windows:  # the 20 trials before the w-th finished one: median time, mean counts
         window = stamps[max(0, w - 21) : w]
@@ -165,6 +171,19 @@ def measure(url: str, trials: int, windows: list[int]) -> dict[str, float]:
     )
     out["pruned_share"] = round(states["PRUNED"] / sum(states.values()), 3)
     return out
+
+
+def counting_commits(pipelined: Any, counts: collections.Counter[str]) -> Any:
+    """hpo's pipelined PostgreSQL transaction, counted: it sends its COMMIT itself, which
+    SQLAlchemy's commit event does not see."""
+
+    @contextmanager
+    def counted(conn: sqlalchemy.Connection) -> Iterator[None]:
+        with pipelined(conn):
+            yield
+        counts.update(["commit"])
+
+    return counted
 
 
 def digits_median_trial_s() -> float:

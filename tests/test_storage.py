@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -9,16 +11,22 @@ import psycopg
 import pytest
 import sqlalchemy
 from conftest import PG_ADMIN
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
 import hpo.storage.backend
 from hpo.errors import HpoError
 from hpo.storage.backend import (
+    finish_trial,
     new_sqlite_file,
     open_artifacts,
     open_storage,
+    params_in_one_write,
     save_trial_results,
     storage_url,
+    write_trial,
 )
+from hpo.storage.trial_cache import TrialCache
 
 
 def test_the_default_url_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,6 +105,61 @@ def test_postgresql_pings_only_connections_left_idle(
     monkeypatch.setattr(hpo.storage.backend, "PING_AFTER_IDLE_S", 0.0)
     assert _setting(storage, "synchronous_commit") == "off"  # a new connection, set up alike
     assert pings  # the dead one was pinged first
+
+
+@contextlib.contextmanager
+def _waits_for_the_server(engine: sqlalchemy.Engine, trace: Path) -> Iterator[list[int]]:
+    """How many times the block waited for PostgreSQL (once per Sync or simple Query that
+    a connection sent, in libpq's trace of the protocol): its round trips."""
+    waits: list[int] = []
+
+    @sqlalchemy.event.listens_for(engine, "checkout")
+    def _trace(dbapi_connection: psycopg.Connection, _record: object, _proxy: object) -> None:
+        dbapi_connection.pgconn.trace(out.fileno())
+        dbapi_connection.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    @sqlalchemy.event.listens_for(engine, "checkin")
+    def _untrace(dbapi_connection: psycopg.Connection, _record: object) -> None:
+        dbapi_connection.pgconn.untrace()
+
+    with trace.open("w") as out:
+        yield waits
+    sqlalchemy.event.remove(engine, "checkout", _trace)
+    sqlalchemy.event.remove(engine, "checkin", _untrace)
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    waits.append(sum(1 for f in sent if f[0] == "F" and f[2] in ("Sync", "Query")))
+
+
+def test_a_trial_waits_for_postgresql_seven_times(pg_url: str, tmp_path: Path) -> None:
+    """A trial's writes are pipelined: its creation waits for the server three times (the
+    study locked, the trial's number back, its heartbeat and the commit), a write of its
+    params twice (the trial checked; the rows and the commit), its curve twice, its end
+    twice; each wait is a round trip across a network. The BEGIN goes with the first
+    query, not alone."""
+    storage = TrialCache(open_storage(pg_url, heartbeat_interval=60), refresh_s=3600)
+    database = storage._backend
+    study = optuna.create_study(study_name="waits", storage=storage)
+    waits = []
+    for number in (0, 1):  # the first trial's params are new to the study: read it first
+        assert len(study.trials) == number  # read once: then the cache's
+        with _waits_for_the_server(database.engine, tmp_path / "create") as create:
+            trial = study.ask()
+        with (
+            _waits_for_the_server(database.engine, tmp_path / "params") as params,
+            params_in_one_write(trial),
+        ):
+            trial.suggest_float("x", 0.0, 1.0)
+            trial.suggest_float("y", 0.0, 1.0)
+        with _waits_for_the_server(database.engine, tmp_path / "curve") as curve:
+            write_trial(trial, {"loss": 0.5}, {0: 0.5, 1: 0.4})
+        with _waits_for_the_server(database.engine, tmp_path / "end") as end:
+            assert finish_trial(storage, database, trial._trial_id, TrialState.COMPLETE, [0.5])
+        waits.append((create, params, curve, end))
+    assert waits[1] == ([3], [2], [2], [2])
+    stored = optuna.load_study(study_name="waits", storage=pg_url).trials[1]
+    assert stored.state == TrialState.COMPLETE and stored.value == 0.5
+    assert stored.distributions == {"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)}
+    assert stored.intermediate_values == {0: 0.5, 1: 0.4} and stored.user_attrs == {"loss": 0.5}
 
 
 def test_sqlite_syncs_at_checkpoints_only(workdir: Path) -> None:

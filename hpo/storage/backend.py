@@ -7,6 +7,7 @@ One code path for every URL: SQLite by default (one machine), PostgreSQL or MySQ
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import os
@@ -66,6 +67,7 @@ SQLITE_BUSY_TIMEOUT_S = 60  # writers wait this long for the lock instead of fai
 MODEL_MIMETYPE = "application/octet-stream"
 CONNECT_TIMEOUT_S = 5  # a wrong host fails within seconds, not minutes
 PING_AFTER_IDLE_S = 10.0  # a pooled server connection left idle this long is pinged first
+PIPELINE = "hpo_pipeline"  # connection info: its psycopg pipeline (_pipelined_transaction)
 # Insert-or-replace in one statement, per database (as Optuna writes attrs).
 UPSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 # Databases whose INSERT and UPDATE can return what they wrote (not MySQL).
@@ -152,6 +154,7 @@ def open_storage(
             _sync_at_checkpoints(storage.engine)
         elif backend == "postgresql":
             _ping_connections_left_idle(storage.engine)
+            _wait_for_rows(storage.engine)
             # Rows of one insert in one statement (INSERT ... VALUES (...), (...)), as
             # SQLAlchemy's psycopg2 dialect sends them: psycopg 3's executemany sends each
             # row as a statement of its own, and a trial's ~20 params made 20 of them.
@@ -208,6 +211,22 @@ def _ping_connections_left_idle(engine: sqlalchemy.engine.Engine) -> None:
             # The pool drops this connection and checks out another (SQLAlchemy's
             # "pessimistic disconnect handling").
             raise sqlalchemy.exc.DisconnectionError(str(e)) from e
+
+
+def _wait_for_rows(engine: sqlalchemy.engine.Engine) -> None:
+    """Inside :func:`_pipelined_transaction`, a statement whose rows are read (a SELECT, a
+    RETURNING) is sent at once with what was queued before it, and its rows waited for:
+    SQLAlchemy reads a result's columns as soon as it executes, before psycopg would
+    fetch them."""
+
+    @sqlalchemy.event.listens_for(engine, "after_cursor_execute")
+    def _sync(conn: Any, _cursor: Any, _sql: Any, _params: Any, context: Any, _many: Any) -> None:
+        pipeline = conn.info.get(PIPELINE)
+        compiled = context.compiled
+        if pipeline is None or compiled is None:
+            return
+        if compiled.effective_returning or getattr(compiled.statement, "is_select", False):
+            pipeline.sync()
 
 
 def _commit_without_waiting_for_flush(engine: sqlalchemy.engine.Engine) -> None:
@@ -547,8 +566,8 @@ def _write_rows(
     from the first stored param of that name); params and values inserted (each is
     written once), attrs inserted or replaced. One statement each, in SQLAlchemy Core:
     Optuna's ORM session cost more than the database did (benchmarks/optuna_overhead.py).
-    On PostgreSQL the writes go out with the commit, in one round trip
-    (:func:`_sent_with_the_commit`).
+    On PostgreSQL the check waits for one round trip and the writes go out with the commit,
+    in another (:func:`_pipelined_transaction`).
     """
     # What TrialCache holds for the trial: system attrs its sampler and pruner set since its
     # last write, and its last user attrs and values where it waits for the state (defer).
@@ -580,26 +599,25 @@ def _write_rows(
             previous = known.get(name) or _stored_distribution(conn, row.study_id, name)
             if previous is not None:
                 check_distribution_compatibility(previous, distribution)
-        with _sent_with_the_commit(conn):
-            if params:
-                conn.execute(
-                    PARAMS.insert().inline(),
-                    [
-                        {
-                            "trial_id": trial_id,
-                            "param_name": name,
-                            "param_value": internal,
-                            "distribution_json": distribution_to_json(distribution),
-                        }
-                        for name, (internal, distribution) in params.items()
-                    ],
-                )
-            if values:
-                conn.execute(INTERMEDIATE_VALUES.insert().inline(), values)
-            _set_attrs(conn, USER_ATTRS, trial_id, attrs)
-            _set_attrs(conn, SYSTEM_ATTRS, trial_id, unwritten.system_attrs)
-            if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
-                _end_trial(conn, trial_id, *end)
+        if params:
+            conn.execute(
+                PARAMS.insert().inline(),
+                [
+                    {
+                        "trial_id": trial_id,
+                        "param_name": name,
+                        "param_value": internal,
+                        "distribution_json": distribution_to_json(distribution),
+                    }
+                    for name, (internal, distribution) in params.items()
+                ],
+            )
+        if values:
+            conn.execute(INTERMEDIATE_VALUES.insert().inline(), values)
+        _set_attrs(conn, USER_ATTRS, trial_id, attrs)
+        _set_attrs(conn, SYSTEM_ATTRS, trial_id, unwritten.system_attrs)
+        if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
+            _end_trial(conn, trial_id, *end)
     for name, (_, distribution) in params.items():
         known.setdefault(name, distribution)  # as Optuna's cache remembers the first
     if isinstance(storage, TrialCache):  # it keeps this process's running trials
@@ -631,36 +649,6 @@ def _end_trial(
         .where(TRIALS.c.trial_id == trial_id)
         .values(state=state, datetime_complete=datetime.now())
     )
-
-
-@contextmanager
-def _sent_with_the_commit(conn: sqlalchemy.Connection) -> Iterator[None]:
-    """The block's writes and the transaction's commit go to PostgreSQL together, in one
-    round trip (psycopg's pipeline mode), not one round trip each: on a server that shares
-    the worker's cores, or one across a network, each is a wait
-    (benchmarks/optuna_overhead.py). The block ends the transaction; its statements
-    return nothing (inserts are ``inline()``: no RETURNING of their keys). A write the
-    database refuses raises, as SQLAlchemy's error, once the round trip is back, and
-    the transaction is rolled back whole. Elsewhere (SQLite is a file, MySQL has no
-    pipeline) the block runs as it is, and the commit follows it as usual."""
-    if conn.dialect.name != "postgresql":
-        yield
-        return
-    driver: Any = conn.connection.driver_connection  # psycopg's Connection
-    try:
-        with driver.pipeline():
-            yield
-            # Queued, not Connection.commit(), which would wait for its own round trip
-            # before the pipeline's end waits for another. SQLAlchemy's commit then finds
-            # the transaction over and sends nothing.
-            driver.execute("COMMIT")
-    except conn.dialect.loaded_dbapi.Error as e:
-        # A refused write, raised by the pipeline's end, which SQLAlchemy did not see: its
-        # own error, as its execute would have raised it. (The pipeline stopped before the
-        # COMMIT; the transaction's end rolls it back.)
-        raise sqlalchemy.exc.DBAPIError.instance(
-            "COMMIT", None, e, conn.dialect.loaded_dbapi.Error
-        ) from e
 
 
 def create_running_trial(
@@ -706,9 +694,8 @@ def create_running_trial(
                 )
                 .returning(TRIALS.c.trial_id, TRIALS.c.number)
             ).one()
-            with _sent_with_the_commit(conn):
-                if heartbeat:
-                    conn.execute(HEARTBEATS.insert().inline().values(trial_id=trial_id))
+            if heartbeat:
+                conn.execute(HEARTBEATS.insert().inline().values(trial_id=trial_id))
     except optuna.exceptions.StorageInternalError:
         return database._create_new_trial(study_id), False
     trial = FrozenTrial(
@@ -731,16 +718,59 @@ def create_running_trial(
 def _transaction(database: optuna.storages.RDBStorage) -> Iterator[sqlalchemy.Connection]:
     """One transaction on the database, failing as Optuna's own writes fail: a constraint
     violation as itself (a concurrent write got there first), any other database error
-    as Optuna's ``StorageInternalError``."""
+    as Optuna's ``StorageInternalError``. On PostgreSQL it is pipelined
+    (:func:`_pipelined_transaction`)."""
     try:
-        with database.engine.begin() as conn:
-            yield conn
+        if database.engine.name == "postgresql":
+            with database.engine.connect() as conn, _pipelined_transaction(conn):
+                yield conn
+        else:
+            with database.engine.begin() as conn:
+                yield conn
     except sqlalchemy.exc.IntegrityError:
         raise
     except sqlalchemy.exc.SQLAlchemyError as e:
         raise optuna.exceptions.StorageInternalError(
             f"An exception is raised during the commit: {e}"
         ) from e
+
+
+@contextmanager
+def _pipelined_transaction(conn: sqlalchemy.Connection) -> Iterator[None]:
+    """A transaction whose statements go to PostgreSQL in psycopg's pipeline mode: a
+    statement waits for the server only where its rows are read (:func:`_wait_for_rows`);
+    the others go out with the next that waits, or with the COMMIT at the block's end. So
+    the BEGIN goes with the first query, and a write's rows with the COMMIT: a write to a
+    trial waits for two round trips where it waited for four, each a wait on a server
+    that shares the worker's cores or sits across a network
+    (benchmarks/optuna_overhead.py). Statements that read nothing are not read: inserts
+    are ``inline()`` (no RETURNING of their keys). A write the database refuses raises,
+    as SQLAlchemy's error, where it is sent, and the transaction is rolled back whole.
+
+    The BEGIN and the COMMIT are hpo's own, on a connection SQLAlchemy holds in autocommit:
+    psycopg waits for the BEGIN that it sends itself, even in a pipeline."""
+    conn.execution_options(isolation_level="AUTOCOMMIT")
+    driver: Any = conn.connection.driver_connection  # psycopg's Connection
+    try:
+        with driver.pipeline() as pipeline:
+            conn.info[PIPELINE] = pipeline
+            try:
+                driver.execute("BEGIN")
+                yield
+                driver.execute("COMMIT")
+            finally:
+                del conn.info[PIPELINE]
+    except BaseException as e:
+        if driver.info.transaction_status.name != "IDLE":  # a write refused, or the block raised
+            with contextlib.suppress(conn.dialect.loaded_dbapi.Error):  # a broken connection
+                driver.execute("ROLLBACK")
+        if isinstance(e, conn.dialect.loaded_dbapi.Error):
+            # Raised by a pipeline's sync, which SQLAlchemy did not see: its own error, as
+            # its execute would have raised it.
+            raise sqlalchemy.exc.DBAPIError.instance(
+                "COMMIT", None, e, conn.dialect.loaded_dbapi.Error
+            ) from e
+        raise
 
 
 def finish_trial(
@@ -780,7 +810,7 @@ def _set_attrs(
 def _upsert(dialect: str, table: sqlalchemy.Table) -> Any:
     """The insert-or-replace of an attr row in ``table`` (built once: building it anew
     for every write cost more than running it)."""
-    insert = UPSERTS[dialect](table).inline()  # no RETURNING: see _sent_with_the_commit
+    insert = UPSERTS[dialect](table).inline()  # no RETURNING: see _transaction
     return insert.on_conflict_do_update(
         index_elements=[table.c.trial_id, table.c.key],
         set_={"value_json": insert.excluded.value_json},
