@@ -741,7 +741,7 @@ def _pipelined_transaction(conn: sqlalchemy.Connection) -> Iterator[None]:
     statement waits for the server only where its rows are read (:func:`_wait_for_rows`);
     the others go out with the next that waits, or with the COMMIT at the block's end. So
     the BEGIN goes with the first query, and a write's rows with the COMMIT: a write to a
-    trial waits for two round trips where it waited for four, each a wait on a server
+    trial waits for two round trips where it waited for three, each a wait on a server
     that shares the worker's cores or sits across a network
     (benchmarks/optuna_overhead.py). Statements that read nothing are not read: inserts
     are ``inline()`` (no RETURNING of their keys). A write the database refuses raises,
