@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,35 @@ def test_postgresql_pings_only_connections_left_idle(
     monkeypatch.setattr(hpo.storage.backend, "PING_AFTER_IDLE_S", 0.0)
     assert _setting(storage, "synchronous_commit") == "off"  # a new connection, set up alike
     assert pings  # the dead one was pinged first
+
+
+def test_a_write_on_a_connection_the_server_dropped_fails_once_with_its_reason(
+    pg_url: str,
+) -> None:
+    """A pooled connection back a moment ago is not pinged, so a write on one that the
+    server dropped meanwhile fails, as Optuna's writes fail, with the driver's reason (not
+    SQLAlchemy's complaint about a broken transaction); the next write gets a new one."""
+    storage = TrialCache(open_storage(pg_url, heartbeat_interval=60))
+    study = optuna.create_study(study_name="dropped", storage=storage)
+    trial = study.ask()
+    write_trial(trial, {"a": 1})
+    database = sqlalchemy.engine.make_url(pg_url).database
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+        for _ in range(500):  # the backends end a moment after they are told to
+            gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = %s"
+            if admin.execute(gone, (database,)).fetchone() == (True,):
+                break
+            time.sleep(0.01)
+    with pytest.raises(optuna.exceptions.StorageInternalError) as e:
+        write_trial(trial, {"b": 2})
+    assert "(psycopg." in str(e.value) and "rolled back" not in str(e.value)
+    write_trial(trial, {"c": 3})
+    stored = optuna.load_study(study_name="dropped", storage=pg_url).trials[0]
+    assert stored.user_attrs == {"a": 1, "c": 3}
 
 
 @contextlib.contextmanager

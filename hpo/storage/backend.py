@@ -751,18 +751,22 @@ def _pipelined_transaction(conn: sqlalchemy.Connection) -> Iterator[None]:
     psycopg waits for the BEGIN that it sends itself, even in a pipeline."""
     conn.execution_options(isolation_level="AUTOCOMMIT")
     driver: Any = conn.connection.driver_connection  # psycopg's Connection
+    # The connection's own info, held: a connection the server dropped is invalidated
+    # inside the block, and reading conn.info again would raise instead.
+    info = conn.info
     try:
         with driver.pipeline() as pipeline:
-            conn.info[PIPELINE] = pipeline
+            info[PIPELINE] = pipeline
             try:
                 driver.execute("BEGIN")
                 yield
                 driver.execute("COMMIT")
             finally:
-                del conn.info[PIPELINE]
+                del info[PIPELINE]
     except BaseException as e:
-        if driver.info.transaction_status.name != "IDLE":  # a write refused, or the block raised
-            with contextlib.suppress(conn.dialect.loaded_dbapi.Error):  # a broken connection
+        # A write refused, or the block raised: roll back, unless the connection is lost.
+        if not driver.broken and driver.info.transaction_status.name != "IDLE":
+            with contextlib.suppress(conn.dialect.loaded_dbapi.Error):  # lost meanwhile
                 driver.execute("ROLLBACK")
         if isinstance(e, conn.dialect.loaded_dbapi.Error):
             # Raised by a pipeline's sync, which SQLAlchemy did not see: its own error, as
