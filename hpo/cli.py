@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from hpo import __version__
-from hpo.errors import HpoError
+from hpo.errors import HpoError, interrupted
 from hpo.onnx_cli import BundleArg, OutputOpt, ProbaOpt
 from hpo.storage.backend import mask_text, mask_url, open_artifacts, open_storage, storage_url
 from hpo.studies.workers import quiet_optuna
@@ -91,7 +91,9 @@ def user_errors(fn: F) -> F:
             message = escape(mask_text(str(e), storage_url(kwargs.get("storage"))))
             err.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as e:
+            if not interrupted(e):
+                raise
             err.print("Interrupted: finished trials are kept; run again to continue.")
             raise typer.Exit(130) from None
 

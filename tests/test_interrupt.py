@@ -9,7 +9,11 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
+import typer
 
+from hpo.cli import user_errors
+from hpo.errors import interrupted
 from hpo.storage.backend import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,3 +74,34 @@ def _states(db: Path) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
+
+
+class _CtrlCWhileBuilt:
+    """What a Ctrl-C does when it lands while a class is built (a lazy import)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        raise KeyboardInterrupt
+
+
+def _import_interrupted() -> None:
+    type("Imported", (), {"attr": _CtrlCWhileBuilt()})
+
+
+def test_a_ctrl_c_that_lands_in_a_lazy_import_is_still_a_ctrl_c(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Python 3.11 wraps it in a RuntimeError ("Error calling __set_name__"): a worker hit
+    it when Ctrl-C arrived while its first trial imported torch._dynamo, and printed a
+    traceback. The CLI and the workers treat it as Ctrl-C: exit 130, one line."""
+    with pytest.raises((RuntimeError, KeyboardInterrupt)) as e:
+        _import_interrupted()
+    assert interrupted(e.value)
+    assert not interrupted(RuntimeError("a real error"))
+    assert not interrupted(ValueError("bad", RuntimeError("nested")))
+    with pytest.raises(typer.Exit) as exit_:
+        user_errors(_import_interrupted)()
+    assert exit_.value.exit_code == 130
+    err = capsys.readouterr().err
+    assert "Interrupted" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="a real error"):
+        user_errors(lambda: (_ for _ in ()).throw(RuntimeError("a real error")))()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, interrupted
 from hpo.spec import RunOptions, StudySpec, check_overrides, load_spec
 from hpo.storage.backend import (
     mask_text,
@@ -212,7 +212,9 @@ def child_main() -> None:
     except HpoError as e:
         Path(os.environ[FAILURE_ENV]).write_text(mask_text(str(e), storage_url()) + "\n")
         sys.exit(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as e:
+        if not interrupted(e):
+            raise
         sys.exit(130)
 
 
