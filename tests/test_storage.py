@@ -84,6 +84,22 @@ def test_postgresql_commits_do_not_wait_for_the_disk_unless_the_url_says(pg_url:
     assert _setting(open_storage(strict), "synchronous_commit") == "on"
 
 
+def _drop_connections(pg_url: str) -> None:
+    """End every server connection to the URL's database, as a restarted server would,
+    and wait until they are gone (a backend ends a moment after it is told to)."""
+    database = sqlalchemy.engine.make_url(pg_url).database
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+        gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = %s"
+        deadline = time.monotonic() + 5
+        while admin.execute(gone, (database,)).fetchone() != (True,):
+            assert time.monotonic() < deadline, "the server's connections did not end"
+            time.sleep(0.01)
+
+
 def test_postgresql_pings_only_connections_left_idle(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,12 +113,7 @@ def test_postgresql_pings_only_connections_left_idle(
     assert _setting(storage, "synchronous_commit") == "off"
     assert _setting(storage, "synchronous_commit") == "off"
     assert pings == []  # new, then back a moment ago
-    database = sqlalchemy.engine.make_url(pg_url).database
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            (database,),
-        )
+    _drop_connections(pg_url)
     monkeypatch.setattr(hpo.storage.backend, "PING_AFTER_IDLE_S", 0.0)
     assert _setting(storage, "synchronous_commit") == "off"  # a new connection, set up alike
     assert pings  # the dead one was pinged first
@@ -118,17 +129,7 @@ def test_a_write_on_a_connection_the_server_dropped_fails_once_with_its_reason(
     study = optuna.create_study(study_name="dropped", storage=storage)
     trial = study.ask()
     write_trial(trial, {"a": 1})
-    database = sqlalchemy.engine.make_url(pg_url).database
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            (database,),
-        )
-        for _ in range(500):  # the backends end a moment after they are told to
-            gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = %s"
-            if admin.execute(gone, (database,)).fetchone() == (True,):
-                break
-            time.sleep(0.01)
+    _drop_connections(pg_url)
     with pytest.raises(optuna.exceptions.StorageInternalError) as e:
         write_trial(trial, {"b": 2})
     assert "(psycopg." in str(e.value) and "rolled back" not in str(e.value)

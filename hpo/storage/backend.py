@@ -225,7 +225,7 @@ def _wait_for_rows(engine: sqlalchemy.engine.Engine) -> None:
         compiled = context.compiled
         if pipeline is None or compiled is None:
             return
-        if compiled.effective_returning or getattr(compiled.statement, "is_select", False):
+        if compiled.effective_returning or compiled.statement.is_select:
             pipeline.sync()
 
 
@@ -814,7 +814,7 @@ def _set_attrs(
 def _upsert(dialect: str, table: sqlalchemy.Table) -> Any:
     """The insert-or-replace of an attr row in ``table`` (built once: building it anew
     for every write cost more than running it)."""
-    insert = UPSERTS[dialect](table).inline()  # no RETURNING: see _transaction
+    insert = UPSERTS[dialect](table).inline()  # no RETURNING: see _pipelined_transaction
     return insert.on_conflict_do_update(
         index_elements=[table.c.trial_id, table.c.key],
         set_={"value_json": insert.excluded.value_json},
