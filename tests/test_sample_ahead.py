@@ -10,15 +10,18 @@ import subprocess
 import sys
 import textwrap
 import time
+from multiprocessing.connection import Connection
 
 import optuna
 import pytest
-from helpers import mixed_space
+from helpers import REPO, mixed_space
 from optuna.trial import TrialState
 
+from hpo.spec import load_spec
 from hpo.studies import fast_tpe
 from hpo.studies.fast_tpe import FastTPESampler
 from hpo.studies.sample_ahead import DrawAhead, _Next
+from hpo.studies.search_space import suggest
 
 TPE = {"multivariate": True, "constant_liar": True}
 
@@ -108,6 +111,29 @@ def test_a_seeded_study_draws_alike_with_draws_ahead(draw_ahead_early: None) -> 
     assert [t.params for t in first.trials][:16] == [t.params for t in inline.trials][:16]
     assert [t.params for t in first.trials] != [t.params for t in inline.trials]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in first.trials)
+    sampler.ahead.fail()
+
+
+def test_the_helper_starts_drawing_once_the_trials_params_are_stored(
+    draw_ahead_early: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not while they are written: on a small machine its draw took the core the database
+    server needed for that write."""
+    space = load_spec(REPO / "studies" / "digits.yaml")[0].nn.search_space
+    sampler = FastTPESampler(seed=7, ahead=True, **TPE)
+    study = optuna.create_study(sampler=sampler)
+    stored_when_sent: list[bool] = []
+    real_send = Connection.send
+
+    def send(self: Connection, request: object) -> None:  # the worker's pipe to its helper
+        (running,) = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        stored_when_sent.append(running.params.keys() == type(space).model_fields.keys())
+        real_send(self, request)
+
+    monkeypatch.setattr(Connection, "send", send)
+    study.optimize(lambda trial: suggest(trial, space)["learning_rate"], n_trials=30)
+    assert sampler.ahead is not None and sampler.ahead.taken >= 10
+    assert len(stored_when_sent) >= 10 and all(stored_when_sent)
     sampler.ahead.fail()
 
 

@@ -18,7 +18,8 @@ time (tests/test_fast_tpe.py checks that a seeded study samples the same params)
   trials. A finished trial never changes, so :class:`FastTPESampler` keeps both for each.
 
 And with ``ahead``, a helper process draws the next trial's params while the current
-trial trains (:mod:`hpo.studies.sample_ahead`).
+trial trains (:mod:`hpo.studies.sample_ahead`), from when :func:`draw_next_now` says the
+current trial's params are stored.
 
 Should a later Optuna 5 move these private names, the tests fail in CI.
 """
@@ -64,6 +65,13 @@ def use_scipys_normal_cdf() -> None:
     if OPTUNAS_LOG_NDTR is not None and OPTUNAS_NDTR is not None:
         _truncnorm._log_ndtr = scipy.special.log_ndtr  # type: ignore[union-attr]
         _truncnorm._ndtr = scipy.special.ndtr  # type: ignore[union-attr]
+
+
+def draw_next_now(sampler: optuna.samplers.BaseSampler) -> None:
+    """Let ``sampler``'s helper start drawing the next trial's params, if it has one and
+    was asked: the current trial's params are drawn and stored, and it trains now."""
+    if isinstance(sampler, FastTPESampler) and sampler.ahead is not None:
+        sampler.ahead.send()
 
 
 class FastTPESampler(optuna.samplers.TPESampler):

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from hpo.spec import FloatRange, IntRange
 from hpo.storage.backend import params_in_one_write
+from hpo.studies.fast_tpe import draw_next_now
 
 
 def suggest(trial: optuna.Trial, space: BaseModel) -> dict[str, Any]:
@@ -24,4 +25,5 @@ def suggest(trial: optuna.Trial, space: BaseModel) -> dict[str, Any]:
                 params[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
             else:
                 params[name] = trial.suggest_categorical(name, dim)
+    draw_next_now(trial.study.sampler)  # not during the write: see hpo.studies.sample_ahead
     return params
