@@ -82,6 +82,68 @@ USER_ATTRS: sqlalchemy.Table = TrialUserAttributeModel.__table__
 SYSTEM_ATTRS: sqlalchemy.Table = TrialSystemAttributeModel.__table__
 HEARTBEATS: sqlalchemy.Table = TrialHeartbeatModel.__table__
 
+# The statements a trial runs, built once with named parameters: building each anew, and
+# SQLAlchemy's cache key of it, cost about as much again as running it
+# (benchmarks/optuna_overhead.py).
+_bind = sqlalchemy.bindparam
+_STATE_COUNTS = (  # trial_state_counts
+    sqlalchemy.select(TRIALS.c.state, sqlalchemy.func.count())
+    .where(TRIALS.c.study_id == _bind("study_id"))
+    .group_by(TRIALS.c.state)
+)
+_TRIAL_IDS_AFTER = (  # trial_ids_after
+    sqlalchemy.select(STUDIES.c.study_id, TRIALS.c.trial_id)
+    .select_from(
+        STUDIES.outerjoin(
+            TRIALS,
+            sqlalchemy.and_(
+                TRIALS.c.study_id == STUDIES.c.study_id, TRIALS.c.trial_id > _bind("after")
+            ),
+        )
+    )
+    .where(STUDIES.c.study_id == _bind("study_id"))
+)
+_TRIAL_STATE = sqlalchemy.select(TRIALS.c.state, TRIALS.c.study_id).where(  # _write_rows
+    TRIALS.c.trial_id == _bind("trial_id")
+)
+_TRIAL_STATE_LOCKED = _TRIAL_STATE.with_for_update()
+_INSERT_PARAMS = PARAMS.insert().inline()  # no RETURNING: see _pipelined_transaction
+_INSERT_INTERMEDIATE_VALUES = INTERMEDIATE_VALUES.insert().inline()
+_INSERT_VALUES = TRIAL_VALUES.insert().inline()
+_END_TRIAL = (  # _end_trial (a parameter may not take the name of a column it sets)
+    TRIALS.update()
+    .where(TRIALS.c.trial_id == _bind("ended_trial"))
+    .values(
+        state=_bind("end_state", type_=TRIALS.c.state.type),
+        datetime_complete=_bind("ended_at", type_=TRIALS.c.datetime_complete.type),
+    )
+)
+_LOCK_STUDY = (  # create_running_trial
+    sqlalchemy.select(STUDIES.c.study_id)
+    .where(STUDIES.c.study_id == _bind("study_id"))
+    .with_for_update()
+)
+_INSERT_TRIAL = (
+    TRIALS.insert()
+    .values(
+        # With the study locked, every earlier trial is in and no later one: the count is
+        # Optuna's number (its trials below this one's id), in the same statement.
+        number=sqlalchemy.select(sqlalchemy.func.count())
+        .select_from(TRIALS)
+        .where(TRIALS.c.study_id == _bind("study_id"))
+        .scalar_subquery(),
+        study_id=_bind("new_in_study", type_=TRIALS.c.study_id.type),
+        state=_bind("new_state", type_=TRIALS.c.state.type),
+        datetime_start=_bind("started_at", type_=TRIALS.c.datetime_start.type),
+    )
+    .returning(TRIALS.c.trial_id, TRIALS.c.number)
+)
+_FIRST_HEARTBEAT = (
+    HEARTBEATS.insert()
+    .inline()
+    .values(trial_id=_bind("beating_trial", type_=HEARTBEATS.c.trial_id.type))
+)
+
 
 def storage_url(url: str | None = None) -> str:
     """``--storage``, else ``HPO_STORAGE``, else the embedded SQLite default."""
@@ -366,13 +428,9 @@ def trial_state_counts(
     """
     database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
     if isinstance(database, optuna.storages.RDBStorage):
-        query = (
-            sqlalchemy.select(TrialModel.state, sqlalchemy.func.count())
-            .where(TrialModel.study_id == study_id)
-            .group_by(TrialModel.state)
-        )
         with _reading(database) as connection:
-            return collections.Counter({state: n for state, n in connection.execute(query)})
+            rows = connection.execute(_STATE_COUNTS, {"study_id": study_id})
+            return collections.Counter({state: n for state, n in rows})
     return collections.Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
 
 
@@ -388,18 +446,8 @@ def trial_ids_after(
 ) -> list[int] | None:
     """The ids of the study's trials above ``after``, in one small query; None where the
     study does not exist (Optuna's reads raise KeyError there)."""
-    query = (
-        sqlalchemy.select(STUDIES.c.study_id, TRIALS.c.trial_id)
-        .select_from(
-            STUDIES.outerjoin(
-                TRIALS,
-                sqlalchemy.and_(TRIALS.c.study_id == STUDIES.c.study_id, TRIALS.c.trial_id > after),
-            )
-        )
-        .where(STUDIES.c.study_id == study_id)
-    )
     with _reading(database) as connection:
-        rows = connection.execute(query).all()
+        rows = connection.execute(_TRIAL_IDS_AFTER, {"study_id": study_id, "after": after}).all()
     if not rows:
         return None
     return [row.trial_id for row in rows if row.trial_id is not None]
@@ -587,10 +635,8 @@ def _write_rows(
             }
         )
     with _transaction(database) as conn:
-        query = sqlalchemy.select(TRIALS.c.state, TRIALS.c.study_id).where(
-            TRIALS.c.trial_id == trial_id
-        )
-        row = conn.execute(query.with_for_update() if end else query).one_or_none()
+        query = _TRIAL_STATE_LOCKED if end else _TRIAL_STATE
+        row = conn.execute(query, {"trial_id": trial_id}).one_or_none()
         if row is None:  # as Optuna's TrialModel.find_or_raise_by_id
             raise KeyError(f"No trial with trial-id {trial_id} exists.")
         database.check_trial_is_updatable(trial_id, row.state)
@@ -601,7 +647,7 @@ def _write_rows(
                 check_distribution_compatibility(previous, distribution)
         if params:
             conn.execute(
-                PARAMS.insert().inline(),
+                _INSERT_PARAMS,
                 [
                     {
                         "trial_id": trial_id,
@@ -613,7 +659,7 @@ def _write_rows(
                 ],
             )
         if values:
-            conn.execute(INTERMEDIATE_VALUES.insert().inline(), values)
+            conn.execute(_INSERT_INTERMEDIATE_VALUES, values)
         _set_attrs(conn, USER_ATTRS, trial_id, attrs)
         _set_attrs(conn, SYSTEM_ATTRS, trial_id, unwritten.system_attrs)
         if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
@@ -643,11 +689,9 @@ def _end_trial(
             }
         )
     if scores:
-        conn.execute(TRIAL_VALUES.insert().inline(), scores)
+        conn.execute(_INSERT_VALUES, scores)
     conn.execute(
-        TRIALS.update()
-        .where(TRIALS.c.trial_id == trial_id)
-        .values(state=state, datetime_complete=datetime.now())
+        _END_TRIAL, {"ended_trial": trial_id, "end_state": state, "ended_at": datetime.now()}
     )
 
 
@@ -669,33 +713,18 @@ def create_running_trial(
     heartbeat = database.heartbeat_interval is not None
     try:
         with _transaction(database) as conn:
-            locked = conn.execute(
-                sqlalchemy.select(STUDIES.c.study_id)
-                .where(STUDIES.c.study_id == study_id)
-                .with_for_update()
-            ).one_or_none()
+            locked = conn.execute(_LOCK_STUDY, {"study_id": study_id}).one_or_none()
             if locked is None:  # as Optuna's StudyModel.find_or_raise_by_id
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            # With the study locked, every earlier trial is in and no later one: the count
-            # is Optuna's number (its trials below this one's id), in the same statement.
-            earlier = (
-                sqlalchemy.select(sqlalchemy.func.count())
-                .select_from(TRIALS)
-                .where(TRIALS.c.study_id == study_id)
-                .scalar_subquery()
-            )
-            trial_id, number = conn.execute(
-                TRIALS.insert()
-                .values(
-                    number=earlier,
-                    study_id=study_id,
-                    state=TrialState.RUNNING,
-                    datetime_start=start,
-                )
-                .returning(TRIALS.c.trial_id, TRIALS.c.number)
-            ).one()
+            new = {
+                "study_id": study_id,
+                "new_in_study": study_id,
+                "new_state": TrialState.RUNNING,
+                "started_at": start,
+            }
+            trial_id, number = conn.execute(_INSERT_TRIAL, new).one()
             if heartbeat:
-                conn.execute(HEARTBEATS.insert().inline().values(trial_id=trial_id))
+                conn.execute(_FIRST_HEARTBEAT, {"beating_trial": trial_id})
     except optuna.exceptions.StorageInternalError:
         return database._create_new_trial(study_id), False
     trial = FrozenTrial(

@@ -19,6 +19,10 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import Connection, Engine
 
+# Built once: text() parses its SQL for parameters each time it is made.
+_LOCK = sqlalchemy.text("SELECT pg_advisory_lock(:k)")
+_UNLOCK = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
+
 
 class StorageLock:
     """A lock with no effect: for storages no lock can reach (gRPC proxy, in-memory, MySQL).
@@ -62,7 +66,7 @@ class AdvisoryLock(StorageLock):
     def acquire(self) -> None:
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+            conn.execute(_LOCK, {"k": self.key})
         except BaseException:
             conn.close()
             raise
@@ -73,7 +77,7 @@ class AdvisoryLock(StorageLock):
         if conn is None:
             return
         try:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            conn.execute(_UNLOCK, {"k": self.key})
         finally:
             conn.close()  # closing the session would release the lock anyway
 
