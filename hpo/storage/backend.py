@@ -717,7 +717,7 @@ def create_running_trial(
             if locked is None:  # as Optuna's StudyModel.find_or_raise_by_id
                 raise KeyError(f"No study with study_id {study_id} exists.")
             new = {
-                "study_id": study_id,
+                "study_id": study_id,  # the count's; the column's own has another name
                 "new_in_study": study_id,
                 "new_state": TrialState.RUNNING,
                 "started_at": start,

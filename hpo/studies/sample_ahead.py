@@ -99,9 +99,8 @@ def draw(sampler: Any, view: StudyView, space: Space, seed: int) -> dict[str, An
 
 @dataclass
 class _Pending:
-    id: int
+    request: Request
     owner: int  # the number of the trial the draw is for
-    space: Space
 
 
 class DrawAhead:
@@ -115,7 +114,7 @@ class DrawAhead:
         self._writer: Connection | None = None
         self._sent: set[int] = set()
         self._next_id = 0
-        self._queued: tuple[Request, list[int], _Pending] | None = None  # not sent yet
+        self._queued: _Pending | None = None  # asked for, not sent yet
         self._pending: _Pending | None = None
         self._failed = False
 
@@ -184,34 +183,33 @@ class DrawAhead:
             space,
             seed,
         )
-        self._queued = (request, [t.number for t in new], _Pending(self._next_id, owner, space))
+        self._queued = _Pending(request, owner)
 
     def send(self) -> None:
         """Send the queued request, if any: the helper starts drawing."""
         queued, self._queued = self._queued, None
         if queued is None or self._writer is None:
             return
-        request, new, pending = queued
         try:
-            self._writer.send(request)
+            self._writer.send(queued.request)
         except (OSError, ValueError):
             self.fail()
             return
-        self._sent.update(new)
-        self._pending = pending
+        self._sent.update(t.number for t in queued.request.new)
+        self._pending = queued
 
     def take(self, number: int, space: Space) -> dict[str, Any] | None:
         """The draw asked for trial ``number`` over ``space``, or None: none was asked for
         it (another worker took that number, or the space changed), or the helper failed."""
         self.send()  # where nothing sent it yet: the same draw, only not ahead
         pending, self._pending = self._pending, None
-        if pending is None or pending.owner != number or pending.space != space:
+        if pending is None or pending.owner != number or pending.request.space != space:
             return None
         assert self._reader is not None
         try:
             while self._reader.poll(REPLY_TIMEOUT_S):
                 reply_id, params = self._reader.recv()
-                if reply_id == pending.id:  # earlier replies were for draws no trial took
+                if reply_id == pending.request.id:  # earlier replies: draws no trial took
                     if params is None:
                         self.fail()
                         return None
