@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from conftest import PG_PASSWORD, TINY_SPEC, _merge
 from optuna.trial import TrialState
 
 from hpo.storage.backend import open_storage
+from hpo.studies.workers import LocalWorkers, _Worker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -461,3 +463,29 @@ def test_a_failing_local_worker_reports_its_own_reason_once(
     assert errors[0].startswith("Error: worker 0 exited with code 1: ")
     assert "data path not found" in errors[0] and errors[0].endswith("(and 1 more)")
     assert "Error: Error:" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_ctrl_c_dropped_in_a_finalizer_still_stops_the_workers(tmp_path: Path) -> None:
+    """Python drops a KeyboardInterrupt raised in a weakref callback (with a traceback on
+    stderr); the run waiting for its workers raises it at its next poll, stopping them."""
+    pool = LocalWorkers(tmp_path / "spec.yaml", 1, storage_url="sqlite:///unused.db")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], text=True)
+    pool.workers = [_Worker(0, sleeper, tmp_path / "failure")]
+
+    class Dropped:  # collected inside on_poll, as the study reads of the progress watcher are
+        pass
+
+    def interrupted_in_a_callback(ref: object) -> None:
+        raise KeyboardInterrupt
+
+    keep: list[Any] = []
+
+    def on_poll() -> None:
+        dropped = Dropped()
+        keep.append(weakref.ref(dropped, interrupted_in_a_callback))
+        del dropped  # the callback runs, raises, and Python drops what it raised
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pool.wait(on_poll)
+    assert sleeper.poll() is not None and time.monotonic() - started < 30

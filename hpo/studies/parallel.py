@@ -72,27 +72,36 @@ class Interrupts:
     @contextmanager
     def installed(self) -> Iterator[None]:
         saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        try:
+            with self.keeping_dropped():
+                yield
+        finally:
+            signal.signal(signal.SIGINT, saved[0])
+            signal.signal(signal.SIGTERM, saved[1])
+            self.pending = self.deferring = False
+
+    @contextmanager
+    def keeping_dropped(self) -> Iterator[None]:
+        """A Ctrl-C raised inside a finalizer or weakref callback, where Python drops it
+        (with a traceback), is kept for the next :meth:`check` instead."""
         saved_hook = sys.unraisablehook
 
         def unraisable(info: sys.UnraisableHookArgs) -> None:
             if isinstance(info.exc_value, KeyboardInterrupt):
-                # Raised inside a finalizer or weakref callback, where Python drops it
-                # (with a traceback): keep it for the next safe point instead. (Raising it
-                # again from here, even via another thread, can land inside this hook.)
+                # (Raising it again from here, even via another thread, can land inside
+                # this hook.)
                 self.pending = True
             else:
                 saved_hook(info)
 
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
         sys.unraisablehook = unraisable
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, saved[0])
-            signal.signal(signal.SIGTERM, saved[1])
             sys.unraisablehook = saved_hook
-            self.pending = self.deferring = False
+            self.pending = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.deferring and not self.pending:

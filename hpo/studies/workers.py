@@ -34,6 +34,7 @@ import optuna
 from hpo.errors import HpoError
 from hpo.models.threads import available_cpus
 from hpo.storage.backend import mask_text
+from hpo.studies.parallel import INTERRUPTS
 
 FAILURE_ENV = "HPO_WORKER_FAILURE"  # where a local worker writes why it failed
 
@@ -187,10 +188,15 @@ class LocalWorkers:
             KeyboardInterrupt: after the workers have stopped.
         """
         try:
-            while alive := [w for w in self.workers if w.proc.poll() is None]:
-                on_poll()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    alive[0].proc.wait(timeout=POLL_S)  # back at once when the last one ends
+            # A Ctrl-C that lands in a finalizer (while on_poll reads the study, say) is
+            # dropped by Python: kept, and raised at the next poll.
+            with INTERRUPTS.keeping_dropped():
+                while alive := [w for w in self.workers if w.proc.poll() is None]:
+                    INTERRUPTS.check()
+                    on_poll()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        alive[0].proc.wait(timeout=POLL_S)  # back at once when the last ends
+                INTERRUPTS.check()
         except BaseException:  # Ctrl-C, or a failure here: never leave them running alone
             try:
                 self.stop()
