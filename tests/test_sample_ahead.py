@@ -62,9 +62,9 @@ def test_the_helper_draws_what_tpe_draws_in_process_with_this_trial_running() ->
             running._trial_id, name, dists[name].to_internal_repr(value), dists[name]
         )
     space = dists
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    trials = study._get_trials(deepcopy=False, states=states, use_cache=False)
-    assert sum(t.state == TrialState.RUNNING for t in trials) == 1
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    running_trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert len(running_trials) == 1
 
     in_process = FastTPESampler(**TPE)
     in_process._rng.rng.seed(1234)
@@ -72,7 +72,7 @@ def test_the_helper_draws_what_tpe_draws_in_process_with_this_trial_running() ->
 
     ahead = DrawAhead(TPE)
     try:
-        ahead.request(running.number + 1, trials, study.directions, space, 1234)
+        ahead.request(running.number + 1, finished, running_trials, study.directions, space, 1234)
         drawn = ahead.take(running.number + 1, space)
     finally:
         ahead.fail()  # stops the helper
@@ -88,17 +88,39 @@ def test_a_draw_for_another_trial_or_space_is_not_taken() -> None:
     trials = study.get_trials(deepcopy=False)
     ahead = DrawAhead(TPE)
     try:
-        ahead.request(20, trials, study.directions, space, 1)
+        ahead.request(20, trials, [], study.directions, space, 1)
         assert ahead.take(21, space) is None  # another worker took trial 20
-        ahead.request(21, trials, study.directions, space, 2)
+        ahead.request(21, trials, [], study.directions, space, 2)
         smaller = {k: v for k, v in space.items() if k != "lr"}
         assert ahead.take(21, smaller) is None  # the space changed
-        ahead.request(22, trials, study.directions, space, 3)
+        ahead.request(22, trials, [], study.directions, space, 3)
         drawn = ahead.take(22, space)  # after two replies no trial took
     finally:
         ahead.fail()
     assert drawn is not None and drawn.keys() == space.keys()
     assert ahead.taken == 1
+
+
+def test_a_finished_trial_read_late_is_sent_and_drawn_from() -> None:
+    """Another worker's trial may be read only after newer ones: the helper is sent each
+    finished trial once, whatever its number, and draws from all it was sent."""
+    study, _ = _study(30, ahead=False)
+    space = study.trials[0].distributions
+    trials = study.get_trials(deepcopy=False)
+    ahead = DrawAhead(TPE)
+    try:
+        ahead.request(30, [t for t in trials if t.number != 5], [], study.directions, space, 1)
+        ahead.send()
+        assert ahead.take(30, space) is not None
+        ahead.request(31, trials, [], study.directions, space, 2)
+        assert ahead._queued is not None
+        assert [t.number for t in ahead._queued.request.new] == [5]
+        drawn = ahead.take(31, space)
+    finally:
+        ahead.fail()
+    in_process = FastTPESampler(**TPE)
+    in_process._rng.rng.seed(2)
+    assert drawn == in_process._sample(study, _Next(), space)
 
 
 def test_a_seeded_study_draws_alike_with_draws_ahead(draw_ahead_early: None) -> None:

@@ -355,3 +355,60 @@ def test_a_write_that_fails_writes_nothing(
     assert stored.intermediate_values == {0: 0.5}
     write_trial(trial, {"third": 3}, {1: 0.4})  # the connection is usable again
     assert _stored_trial(url, "atomic").user_attrs == {"first": 1, "third": 3}
+
+
+def test_trials_by_state_stay_in_number_order_as_trials_come_and_change(workdir: Path) -> None:
+    """The lists kept per state follow every write: this worker's trials as they run and
+    end, another worker's read late (numbers below this worker's newest), enqueued ones
+    taken, and a study read anew after expire()."""
+    url = f"sqlite:///{workdir}/order.db"
+    cache = TrialCache(open_storage(url), refresh_s=0)
+    mine = optuna.create_study(study_name="order", storage=cache)
+    other = optuna.load_study(study_name="order", storage=url)
+    State = optuna.trial.TrialState
+    asked = [
+        None,
+        (State.COMPLETE, State.PRUNED),
+        (State.COMPLETE, State.PRUNED, State.RUNNING),
+        (State.RUNNING,),
+        [State.WAITING],
+        {State.FAIL, State.COMPLETE},
+    ]
+    study_id = mine._study_id
+
+    def check() -> None:
+        for states in asked:
+            held = cache.get_all_trials(study_id, deepcopy=False, states=states)
+            by_number = cache._studies[study_id].trials  # Optuna's own dict, the truth
+            expected = [
+                by_number[n]
+                for n in sorted(by_number)
+                if states is None or by_number[n].state in states
+            ]
+            assert [(t.number, t.state) for t in held] == [(t.number, t.state) for t in expected]
+            assert all(a is b for a, b in zip(held, expected, strict=True))
+
+    check()  # the lists are made on the first reads, then followed
+    running = mine.ask()
+    later = other.ask()  # another worker's, read while it runs, then ended there
+    check()
+    mine.tell(running, 1.0)
+    check()
+    other.tell(later, 2.0)
+    other.enqueue_trial({"x": 0.5})
+    check()
+    taken = mine.ask()  # the enqueued trial
+    assert taken.number == 2
+    check()
+    mine.tell(taken, state=State.PRUNED)
+    failed = mine.ask()
+    mine.tell(failed, state=State.FAIL)
+    check()
+    cache.expire()
+    check()
+    assert [t.state for t in mine.get_trials(deepcopy=False)] == [
+        State.COMPLETE,
+        State.COMPLETE,
+        State.PRUNED,
+        State.FAIL,
+    ]

@@ -58,6 +58,8 @@ Score = Callable[[FrozenTrial], Any]  # Optuna's key to rank a finished trial by
 # tests') start none.
 AHEAD_START = 30
 AHEAD_FROM = 50
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what TPE reads, with RUNNING
+RUNNING = (TrialState.RUNNING,)
 
 
 def use_scipys_normal_cdf() -> None:
@@ -121,16 +123,19 @@ class FastTPESampler(optuna.samplers.TPESampler):
             return  # only the single-objective draw with the running trials is done ahead
         if trial.number < max(AHEAD_START, self._n_startup_trials):
             return  # fewer finished trials than that: no need to read the study to know
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        trials = study._get_trials(deepcopy=False, states=states, use_cache=False)
-        finished = sum(t.state != TrialState.RUNNING for t in trials)
-        if finished < max(AHEAD_START, self._n_startup_trials):
+        # Finished ones first: a trial that ends between the two reads is then in neither
+        # (drawn without, as if it had ended a moment later), never in both.
+        finished = study._get_trials(deepcopy=False, states=FINISHED, use_cache=False)
+        if len(finished) < max(AHEAD_START, self._n_startup_trials):
             return
-        if finished < max(AHEAD_FROM, self._n_startup_trials):
+        if len(finished) < max(AHEAD_FROM, self._n_startup_trials):
             self.ahead.start()  # warm it up
             return
+        running = study._get_trials(deepcopy=False, states=RUNNING, use_cache=False)
         seed = int(self._rng.rng.randint(2**31 - 1))
-        self.ahead.request(trial.number + 1, trials, study.directions, search_space, seed)
+        self.ahead.request(
+            trial.number + 1, finished, running, study.directions, search_space, seed
+        )
 
     def _get_internal_repr(
         self, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution], study: Study
