@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import hpo.storage.backend
 from hpo.errors import HpoError
 from hpo.storage.backend import (
     finish_trial,
+    lock_and_count,
     new_sqlite_file,
     open_artifacts,
     open_storage,
@@ -27,6 +29,7 @@ from hpo.storage.backend import (
     storage_url,
     write_trial,
 )
+from hpo.storage.locks import study_lock
 from hpo.storage.trial_cache import TrialCache
 
 
@@ -162,17 +165,23 @@ def _waits_for_the_server(engine: sqlalchemy.Engine, trace: Path) -> Iterator[li
 
 
 def test_a_trial_waits_for_postgresql_seven_times(pg_url: str, tmp_path: Path) -> None:
-    """A trial's writes are pipelined: its creation waits for the server three times (the
-    study locked, the trial's number back, its heartbeat and the commit), a write of its
-    params twice (the trial checked; the rows and the commit), its curve twice, its end
-    twice; each wait is a round trip across a network. The BEGIN goes with the first
-    query, not alone."""
+    """A trial's writes are pipelined: its creation waits for the server once (the study
+    locked, the trial inserted with its heartbeat, the commit, its id and number back), a
+    write of its params twice (the trial checked; the rows and the commit), its curve
+    twice, its end twice; each wait is a round trip across a network. The BEGIN goes with
+    the first query, not alone. The worker's lock and its count of the study before each
+    trial wait once together."""
     storage = TrialCache(open_storage(pg_url, heartbeat_interval=60), refresh_s=3600)
     database = storage._backend
     study = optuna.create_study(study_name="waits", storage=storage)
     waits = []
     for number in (0, 1):  # the first trial's params are new to the study: read it first
         assert len(study.trials) == number  # read once: then the cache's
+        lock = study_lock(storage, "waits")
+        with _waits_for_the_server(database.engine, tmp_path / "count") as count:
+            counts = lock_and_count(lock, storage, study._study_id)
+        lock.release()
+        assert counts == collections.Counter({TrialState.COMPLETE: number})
         with _waits_for_the_server(database.engine, tmp_path / "create") as create:
             trial = study.ask()
         with (
@@ -185,8 +194,8 @@ def test_a_trial_waits_for_postgresql_seven_times(pg_url: str, tmp_path: Path) -
             write_trial(trial, {"loss": 0.5}, {0: 0.5, 1: 0.4})
         with _waits_for_the_server(database.engine, tmp_path / "end") as end:
             assert finish_trial(storage, database, trial._trial_id, TrialState.COMPLETE, [0.5])
-        waits.append((create, params, curve, end))
-    assert waits[1] == ([3], [2], [2], [2])
+        waits.append((count, create, params, curve, end))
+    assert waits[1] == ([1], [1], [2], [2], [2])
     stored = optuna.load_study(study_name="waits", storage=pg_url).trials[1]
     assert stored.state == TrialState.COMPLETE and stored.value == 0.5
     assert stored.distributions == {"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)}

@@ -125,6 +125,32 @@ def test_a_new_trial_has_its_first_heartbeat_from_its_creation(workdir: Path) ->
     assert quick._trial_id not in cache._first_heartbeat_written
 
 
+@pytest.mark.parametrize("heartbeat", [60, None])
+def test_a_trial_created_in_one_round_trip_on_postgresql_is_optunas(
+    pg_url: str, heartbeat: int | None
+) -> None:
+    """The study locked, the trial and its first heartbeat inserted, and the commit, sent
+    together: the trial is Optuna's (number, state, start), its heartbeat is there where the
+    storage has them, and a study that is not there is refused as Optuna refuses it."""
+    name = f"one-trip-{heartbeat}"
+    cache = TrialCache(open_storage(pg_url, heartbeat_interval=heartbeat))
+    study = optuna.create_study(study_name=name, storage=cache)
+    study.enqueue_trial({"x": 1.0})  # number 0, by Optuna's ORM
+    created = [cache.create_new_trial(study._study_id) for _ in range(3)]
+    stored = optuna.load_study(study_name=name, storage=pg_url).trials
+    assert [(t._trial_id, t.number, t.state) for t in stored[1:]] == [
+        (trial_id, number, optuna.trial.TrialState.RUNNING)
+        for trial_id, number in zip(created, [1, 2, 3], strict=True)
+    ]
+    assert all(t.datetime_start is not None for t in stored[1:])
+    with open_storage(pg_url).engine.connect() as conn:  # type: ignore[attr-defined]
+        beats = conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats")).all()
+    assert {b.trial_id for b in beats} >= (set(created) if heartbeat else set())
+    assert not {b.trial_id for b in beats} & (set() if heartbeat else set(created))
+    with pytest.raises(KeyError):
+        cache.create_new_trial(study._study_id + 1000)
+
+
 def _trial_reads(storage: optuna.storages.RDBStorage) -> list[int]:
     """A counter of the full reads of trials (a study's, or one) that ``storage`` makes:
     each loads the trials' params, as no write does."""

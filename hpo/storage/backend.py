@@ -51,7 +51,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from hpo.errors import HpoError
-from hpo.storage.locks import engine_lock
+from hpo.storage.locks import AdvisoryLock, StorageLock, engine_lock
 from hpo.storage.masking import mask_text, mask_url
 from hpo.storage.trial_cache import TrialCache, Unwritten
 
@@ -142,6 +142,19 @@ _FIRST_HEARTBEAT = (
     HEARTBEATS.insert()
     .inline()
     .values(trial_id=_bind("beating_trial", type_=HEARTBEATS.c.trial_id.type))
+)
+# On PostgreSQL the trial and its first heartbeat in one statement, which the study's
+# lock and the commit go out with (create_running_trial).
+_NEW_TRIAL = _INSERT_TRIAL.cte("new_trial")
+_INSERT_TRIAL_WITH_HEARTBEAT = sqlalchemy.select(
+    _NEW_TRIAL.c.trial_id, _NEW_TRIAL.c.number
+).add_cte(
+    HEARTBEATS.insert()
+    .from_select(
+        [HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat],
+        sqlalchemy.select(_NEW_TRIAL.c.trial_id, sqlalchemy.func.current_timestamp()),
+    )
+    .cte("first_heartbeat")
 )
 
 
@@ -434,6 +447,24 @@ def trial_state_counts(
     return collections.Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
 
 
+def lock_and_count(
+    lock: StorageLock, storage: optuna.storages.BaseStorage, study_id: int
+) -> collections.Counter[TrialState]:
+    """Acquire ``lock``, then count the study's trials by state (:func:`trial_state_counts`):
+    on PostgreSQL in the same round trip, on the lock's own connection."""
+    database = getattr(storage, "_backend", storage)
+    if not isinstance(lock, AdvisoryLock) or not isinstance(database, optuna.storages.RDBStorage):
+        lock.acquire()
+        try:
+            return trial_state_counts(storage, study_id)
+        except BaseException:
+            lock.release()
+            raise
+    sql = _compiled_sql(database.engine.dialect, _STATE_COUNTS)
+    rows = lock.acquire_then((sql, {"study_id": study_id}))
+    return collections.Counter({TrialState[state]: n for state, n in rows})
+
+
 def _reading(database: optuna.storages.RDBStorage) -> sqlalchemy.Connection:
     """A connection for one read, outside a transaction: on PostgreSQL a transaction
     costs a BEGIN and a ROLLBACK, each a round trip, around the one query that a worker
@@ -711,20 +742,26 @@ def create_running_trial(
         return database._create_new_trial(study_id), False
     start = datetime.now()
     heartbeat = database.heartbeat_interval is not None
+    new = {
+        "study_id": study_id,  # the count's; the column's own has another name
+        "new_in_study": study_id,
+        "new_state": TrialState.RUNNING,
+        "started_at": start,
+    }
     try:
-        with _transaction(database) as conn:
-            locked = conn.execute(_LOCK_STUDY, {"study_id": study_id}).one_or_none()
-            if locked is None:  # as Optuna's StudyModel.find_or_raise_by_id
-                raise KeyError(f"No study with study_id {study_id} exists.")
-            new = {
-                "study_id": study_id,  # the count's; the column's own has another name
-                "new_in_study": study_id,
-                "new_state": TrialState.RUNNING,
-                "started_at": start,
-            }
-            trial_id, number = conn.execute(_INSERT_TRIAL, new).one()
-            if heartbeat:
-                conn.execute(_FIRST_HEARTBEAT, {"beating_trial": trial_id})
+        if database.engine.name == "postgresql":
+            created = _create_in_one_round_trip(database, new, heartbeat=heartbeat)
+            if created is None:  # no such study: Optuna's own says so
+                return database._create_new_trial(study_id), False
+            trial_id, number = created
+        else:
+            with _transaction(database) as conn:
+                locked = conn.execute(_LOCK_STUDY, {"study_id": study_id}).one_or_none()
+                if locked is None:  # as Optuna's StudyModel.find_or_raise_by_id
+                    raise KeyError(f"No study with study_id {study_id} exists.")
+                trial_id, number = conn.execute(_INSERT_TRIAL, new).one()
+                if heartbeat:
+                    conn.execute(_FIRST_HEARTBEAT, {"beating_trial": trial_id})
     except optuna.exceptions.StorageInternalError:
         return database._create_new_trial(study_id), False
     trial = FrozenTrial(
@@ -741,6 +778,40 @@ def create_running_trial(
         trial_id=trial_id,
     )
     return trial, heartbeat
+
+
+def _create_in_one_round_trip(
+    database: optuna.storages.RDBStorage, new: dict[str, Any], *, heartbeat: bool
+) -> tuple[int, int] | None:
+    """A new trial's id and number, created on PostgreSQL in one round trip: the study's
+    row locked, the trial (and its first heartbeat) inserted, and the commit, sent at
+    once in a pipeline and read back together; None where the study does not exist.
+    Through SQLAlchemy each statement whose rows are read waited for its own round trip
+    (:func:`_wait_for_rows`), three a trial."""
+    insert = _INSERT_TRIAL_WITH_HEARTBEAT if heartbeat else _INSERT_TRIAL
+    params = new | {"new_state": TrialState.RUNNING.name}  # as SQLAlchemy's Enum stores it
+    try:
+        with _transaction(database) as conn:
+            driver: Any = conn.connection.driver_connection  # psycopg's Connection
+            locked = driver.execute(_psycopg_sql(conn, _LOCK_STUDY), params)
+            created = driver.execute(_psycopg_sql(conn, insert), params)
+    except sqlalchemy.exc.IntegrityError:  # the insert found no study row (foreign key)
+        return None
+    if locked.fetchone() is None:
+        return None
+    trial_id, number = created.fetchone()
+    return trial_id, number
+
+
+@functools.cache
+def _compiled_sql(dialect: sqlalchemy.Dialect, statement: sqlalchemy.ClauseElement) -> str:
+    return str(statement.compile(dialect=dialect))
+
+
+def _psycopg_sql(conn: sqlalchemy.Connection, statement: sqlalchemy.ClauseElement) -> str:
+    """``statement``'s SQL for psycopg itself (named parameters as ``%(name)s``), for
+    statements sent in a pipeline without waiting, compiled once."""
+    return _compiled_sql(conn.dialect, statement)
 
 
 @contextmanager

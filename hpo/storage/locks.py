@@ -14,6 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 # Built once: text() parses its SQL for parameters each time it is made.
 _LOCK = sqlalchemy.text("SELECT pg_advisory_lock(:k)")
+_LOCK_SQL = "SELECT pg_advisory_lock(%(k)s)"  # the same, for psycopg itself
 _UNLOCK = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
 
 
@@ -64,13 +66,27 @@ class AdvisoryLock(StorageLock):
         self._conn: Connection | None = None
 
     def acquire(self) -> None:
+        self.acquire_then(None)
+
+    def acquire_then(self, query: tuple[str, dict[str, Any]] | None) -> list[tuple[Any, ...]]:
+        """Acquire, then run ``query`` (psycopg's SQL and its parameters) on the lock's
+        connection, sent with the lock in one round trip; its rows."""
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            conn.execute(_LOCK, {"k": self.key})
+            if query is None:
+                conn.execute(_LOCK, {"k": self.key})
+                rows = []
+            else:
+                driver: Any = conn.connection.driver_connection  # psycopg's Connection
+                with driver.pipeline():  # both sent, then both waited for
+                    driver.execute(_LOCK_SQL, {"k": self.key})
+                    cursor = driver.execute(*query)
+                rows = cursor.fetchall()
         except BaseException:
-            conn.close()
+            conn.close()  # the lock, if granted, goes with the session
             raise
         self._conn = conn
+        return rows
 
     def release(self) -> None:
         conn, self._conn = self._conn, None

@@ -21,6 +21,7 @@ caller, and every study (NN, GBM) that workers share goes through here to close 
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -39,7 +40,12 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb.models import TrialHeartbeatModel
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage.backend import defer_user_attrs, flush_user_attrs, trial_state_counts
+from hpo.storage.backend import (
+    defer_user_attrs,
+    flush_user_attrs,
+    lock_and_count,
+    trial_state_counts,
+)
 from hpo.storage.locks import study_lock
 from hpo.storage.stored import WORKER
 from hpo.storage.trial_cache import TrialCache
@@ -291,10 +297,10 @@ def optimize_to_target(
         while timeout is None or time.monotonic() - started < timeout:
             wait = False
             INTERRUPTS.check()
-            lock.acquire()
+            counts = lock_and_count(lock, storage, study._study_id)
             try:
                 INTERRUPTS.check()
-                done, running = _finished_and_running(storage, study)
+                done, running = _done_and_running(counts)
                 if heartbeat and done + running >= target:
                     # A dead worker's trial may be what holds the study back. (Below the
                     # target there is no need: Optuna fails stale trials before each trial.)
@@ -320,7 +326,10 @@ def _finished_and_running(
 ) -> tuple[int, int]:
     """The study's finished and running trials, in one query (count_trials also reads the
     best trial, which is no concern of the worker loop)."""
-    counts = trial_state_counts(storage, study._study_id)
+    return _done_and_running(trial_state_counts(storage, study._study_id))
+
+
+def _done_and_running(counts: collections.Counter[TrialState]) -> tuple[int, int]:
     return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], counts[TrialState.RUNNING]
 
 
