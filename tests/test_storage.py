@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import sqlalchemy
 from conftest import PG_ADMIN
-from optuna.distributions import FloatDistribution
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 import hpo.storage.backend
@@ -164,13 +164,14 @@ def _waits_for_the_server(engine: sqlalchemy.Engine, trace: Path) -> Iterator[li
     waits.append(sum(1 for f in sent if f[0] == "F" and f[2] in ("Sync", "Query")))
 
 
-def test_a_trial_waits_for_postgresql_seven_times(pg_url: str, tmp_path: Path) -> None:
+def test_a_trial_waits_for_postgresql_five_times(pg_url: str, tmp_path: Path) -> None:
     """A trial's writes are pipelined: its creation waits for the server once (the study
-    locked, the trial inserted with its heartbeat, the commit, its id and number back), a
-    write of its params twice (the trial checked; the rows and the commit), its curve
-    twice, its end twice; each wait is a round trip across a network. The BEGIN goes with
-    the first query, not alone. The worker's lock and its count of the study before each
-    trial wait once together."""
+    locked, the trial inserted with its heartbeat, the commit, its id and number back), and
+    so does each write of its params, its curve and its end (the trial locked, the rows
+    written where it may still be, the commit, its state back); each wait is a round trip
+    across a network. The BEGIN goes with the first query, not alone. The worker's lock and
+    its count of the study before each trial wait once together. (A study's first params
+    wait twice: their distributions are read from the study first.)"""
     storage = TrialCache(open_storage(pg_url, heartbeat_interval=60), refresh_s=3600)
     database = storage._backend
     study = optuna.create_study(study_name="waits", storage=storage)
@@ -189,20 +190,42 @@ def test_a_trial_waits_for_postgresql_seven_times(pg_url: str, tmp_path: Path) -
             params_in_one_write(trial),
         ):
             trial.suggest_float("x", 0.0, 1.0)
-            trial.suggest_float("y", 0.0, 1.0)
+            trial.suggest_int("y", 0, 1)  # ints and floats in one array
         with _waits_for_the_server(database.engine, tmp_path / "curve") as curve:
-            write_trial(trial, {"loss": 0.5}, {0: 0.5, 1: 0.4})
+            write_trial(trial, {"loss": 0.5}, {0: 1, 1: 0.4})
         with _waits_for_the_server(database.engine, tmp_path / "end") as end:
             assert finish_trial(storage, database, trial._trial_id, TrialState.COMPLETE, [0.5])
         waits.append((count, create, params, curve, end))
-    assert waits[1] == ([1], [1], [2], [2], [2])
+    assert waits[1] == ([1], [1], [1], [1], [1])
     stored = optuna.load_study(study_name="waits", storage=pg_url).trials[1]
     assert stored.state == TrialState.COMPLETE and stored.value == 0.5
-    assert stored.distributions == {"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)}
-    assert stored.intermediate_values == {0: 0.5, 1: 0.4} and stored.user_attrs == {"loss": 0.5}
+    assert stored.distributions == {"x": FloatDistribution(0, 1), "y": IntDistribution(0, 1)}
+    assert stored.intermediate_values == {0: 1.0, 1: 0.4} and stored.user_attrs == {"loss": 0.5}
 
 
 def test_sqlite_syncs_at_checkpoints_only(workdir: Path) -> None:
     storage = open_storage(f"sqlite:///{workdir}/sync.db")
     with storage.engine.connect() as conn:  # type: ignore[attr-defined]
         assert conn.execute(sqlalchemy.text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+
+
+def test_a_write_in_one_round_trip_to_a_finished_trial_writes_nothing(pg_url: str) -> None:
+    """Where a peer failed the trial meanwhile, a write whose check went with it is refused
+    as Optuna refuses it, and none of its rows is stored."""
+    storage = TrialCache(open_storage(pg_url))
+    database = storage._backend
+    study = optuna.create_study(study_name="late", storage=storage)
+    first = study.ask()
+    with params_in_one_write(first):  # the study's first params: their distributions known
+        first.suggest_float("x", 0.0, 1.0)
+    trial = study.ask()
+    database.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # a peer's write
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError), params_in_one_write(trial):
+        trial.suggest_float("x", 0.0, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        write_trial(trial, {"loss": 0.5}, {0: 0.5})
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        finish_trial(storage, database, trial._trial_id, TrialState.COMPLETE, [0.5])
+    stored = optuna.load_study(study_name="late", storage=pg_url).trials[1]
+    assert stored.state == TrialState.FAIL and stored.values is None
+    assert stored.params == {} and stored.user_attrs == {} and stored.intermediate_values == {}

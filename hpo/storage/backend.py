@@ -51,6 +51,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from hpo.errors import HpoError
+from hpo.storage import postgres_writes
 from hpo.storage.locks import AdvisoryLock, StorageLock, engine_lock
 from hpo.storage.masking import mask_text, mask_url
 from hpo.storage.trial_cache import TrialCache, Unwritten
@@ -652,31 +653,64 @@ def _write_rows(
     # last write, and its last user attrs and values where it waits for the state (defer).
     unwritten = storage.take_unwritten(trial_id) if isinstance(storage, TrialCache) else Unwritten()
     params = params or {}
-    curve = unwritten.curve | (curve or {})
-    attrs = unwritten.user_attrs | attrs
-    values = []
-    for step, value in curve.items():
-        stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-        values.append(
-            {
-                "trial_id": trial_id,
-                "step": step,
-                "intermediate_value": stored,
-                "intermediate_value_type": kind,
-            }
-        )
+    rows = postgres_writes.TrialRows(
+        params={n: (v, distribution_to_json(d)) for n, (v, d) in params.items()},
+        curve=unwritten.curve | (curve or {}),
+        user_attrs=unwritten.user_attrs | attrs,
+        system_attrs=unwritten.system_attrs,
+        end=(end[0], list(end[1]) if end[1] is not None else None) if end else None,
+    )
+    # The distributions the cache knows for the trial's study, if it knows the trial.
+    cached = storage.study_and_number(trial_id) if isinstance(storage, TrialCache) else None
+    known = _known_distributions(storage, cached[0]) if cached is not None else None
+    if database.engine.name == "postgresql" and known is not None and params.keys() <= known.keys():
+        for name, (_, distribution) in params.items():
+            check_distribution_compatibility(known[name], distribution)
+        with _transaction(database) as conn:
+            driver: Any = conn.connection.driver_connection  # psycopg's Connection
+            state = postgres_writes.send(driver, trial_id, rows)
+        _check_written(database, trial_id, state.fetchone())
+    else:
+        known = _write_checked_first(storage, database, trial_id, rows, params)
+    for name, (_, distribution) in params.items():
+        known.setdefault(name, distribution)  # as Optuna's cache remembers the first
+    if isinstance(storage, TrialCache):  # it keeps this process's running trials
+        storage.wrote(trial_id, params=params, curve=rows.curve, user_attrs=rows.user_attrs)
+
+
+def _check_written(
+    database: optuna.storages.RDBStorage, trial_id: int, state: tuple[str] | None
+) -> None:
+    """Raise as Optuna's writes raise where the trial, whose state before a write in one
+    round trip was ``state``, could not be written (it wrote nothing then)."""
+    if state is None:  # as Optuna's TrialModel.find_or_raise_by_id
+        raise KeyError(f"No trial with trial-id {trial_id} exists.")
+    database.check_trial_is_updatable(trial_id, TrialState[state[0]])
+
+
+def _write_checked_first(
+    storage: optuna.storages.BaseStorage,
+    database: optuna.storages.RDBStorage,
+    trial_id: int,
+    rows: postgres_writes.TrialRows,
+    params: dict[str, tuple[float, BaseDistribution]],
+) -> dict[str, BaseDistribution]:
+    """:func:`_write_rows` where the trial is checked first, and a param's distribution
+    the cache does not know is read from the study (its first stored param of that name):
+    on SQLite and MySQL, and on PostgreSQL for a study's new params. The study's known
+    distributions."""
     with _transaction(database) as conn:
-        query = _TRIAL_STATE_LOCKED if end else _TRIAL_STATE
+        query = _TRIAL_STATE_LOCKED if rows.end else _TRIAL_STATE
         row = conn.execute(query, {"trial_id": trial_id}).one_or_none()
         if row is None:  # as Optuna's TrialModel.find_or_raise_by_id
             raise KeyError(f"No trial with trial-id {trial_id} exists.")
         database.check_trial_is_updatable(trial_id, row.state)
-        known = _known_distributions(storage, row.study_id) if params else {}
+        known = _known_distributions(storage, row.study_id)
         for name, (_, distribution) in params.items():
             previous = known.get(name) or _stored_distribution(conn, row.study_id, name)
             if previous is not None:
                 check_distribution_compatibility(previous, distribution)
-        if params:
+        if rows.params:
             conn.execute(
                 _INSERT_PARAMS,
                 [
@@ -684,21 +718,33 @@ def _write_rows(
                         "trial_id": trial_id,
                         "param_name": name,
                         "param_value": internal,
-                        "distribution_json": distribution_to_json(distribution),
+                        "distribution_json": distribution,
                     }
-                    for name, (internal, distribution) in params.items()
+                    for name, (internal, distribution) in rows.params.items()
                 ],
             )
-        if values:
-            conn.execute(_INSERT_INTERMEDIATE_VALUES, values)
-        _set_attrs(conn, USER_ATTRS, trial_id, attrs)
-        _set_attrs(conn, SYSTEM_ATTRS, trial_id, unwritten.system_attrs)
-        if end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
-            _end_trial(conn, trial_id, *end)
-    for name, (_, distribution) in params.items():
-        known.setdefault(name, distribution)  # as Optuna's cache remembers the first
-    if isinstance(storage, TrialCache):  # it keeps this process's running trials
-        storage.wrote(trial_id, params=params, curve=curve, user_attrs=attrs)
+        if rows.curve:
+            conn.execute(_INSERT_INTERMEDIATE_VALUES, _curve_rows(trial_id, rows.curve))
+        _set_attrs(conn, USER_ATTRS, trial_id, rows.user_attrs)
+        _set_attrs(conn, SYSTEM_ATTRS, trial_id, rows.system_attrs)
+        if rows.end is not None:  # as Optuna's RDBStorage.set_trial_state_values ends a trial
+            _end_trial(conn, trial_id, *rows.end)
+    return known
+
+
+def _curve_rows(trial_id: int, curve: dict[int, float]) -> list[dict[str, Any]]:
+    rows = []
+    for step, value in curve.items():
+        stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "step": step,
+                "intermediate_value": stored,
+                "intermediate_value_type": kind,
+            }
+        )
+    return rows
 
 
 def _end_trial(

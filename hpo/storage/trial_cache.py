@@ -334,6 +334,10 @@ class TrialCache(_CachedStorage):
     def _own_trial(self, trial_id: int) -> FrozenTrial | None:
         return self._cached(trial_id) if trial_id in self._own else None
 
+    def study_and_number(self, trial_id: int) -> tuple[int, int] | None:
+        """The study id and number of a trial held here, else None."""
+        return self._trial_id_to_study_id_and_number.get(trial_id)
+
     def _study_of(self, trial_id: int) -> int:
         return self._trial_id_to_study_id_and_number[trial_id][0]
 
