@@ -190,8 +190,10 @@ def counting_commits(pipelined: Any, counts: collections.Counter[str]) -> Any:
 
 def counting_pipelined_statements(counts: collections.Counter[str]) -> Any:
     """Count the statements newer hpo sends through psycopg itself, past SQLAlchemy's
-    events (in its pipelined PostgreSQL transactions), as SQLAlchemy's are counted; the
-    BEGIN and COMMIT around them are not, as SQLAlchemy's own are not. Returns the undo."""
+    events (in its pipelined PostgreSQL transactions, or alone), as SQLAlchemy's are
+    counted; the BEGIN and COMMIT around them are not, as SQLAlchemy's own are not, but a
+    write sent alone in autocommit is its own transaction, and counts as a commit.
+    Returns the undo."""
     try:
         import psycopg
     except ImportError:
@@ -201,6 +203,8 @@ def counting_pipelined_statements(counts: collections.Counter[str]) -> Any:
     def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
         if query not in ("BEGIN", "COMMIT", "ROLLBACK"):
             counts.update(["statement"])
+            if self.autocommit and self._pipeline is None:
+                counts.update(["commit"])  # hpo's one-statement write
         return execute(self, query, *args, **kwargs)
 
     psycopg.Connection.execute = counted  # type: ignore[method-assign]

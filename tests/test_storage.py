@@ -168,7 +168,7 @@ def test_a_trial_waits_for_postgresql_five_times(pg_url: str, tmp_path: Path) ->
     """A trial's writes are pipelined: its creation waits for the server once (the study
     locked, the trial inserted with its heartbeat, the commit, its id and number back), and
     so does each write of its params, its curve and its end (the trial locked, the rows
-    written where it may still be, the commit, its state back); each wait is a round trip
+    written where it may still be, its state back, in one statement); each wait is a round trip
     across a network. The BEGIN goes with the first query, not alone. The worker's lock and
     its count of the study before each trial wait once together. (A study's first params
     wait twice: their distributions are read from the study first.)"""

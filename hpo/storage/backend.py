@@ -442,7 +442,7 @@ def trial_state_counts(
     """
     database = getattr(storage, "_backend", storage)  # Optuna's cache wraps the database
     if isinstance(database, optuna.storages.RDBStorage):
-        with _reading(database) as connection:
+        with _autocommit(database) as connection:
             rows = connection.execute(_STATE_COUNTS, {"study_id": study_id})
             return collections.Counter({state: n for state, n in rows})
     return collections.Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
@@ -466,10 +466,11 @@ def lock_and_count(
     return collections.Counter({TrialState[state]: n for state, n in rows})
 
 
-def _reading(database: optuna.storages.RDBStorage) -> sqlalchemy.Connection:
-    """A connection for one read, outside a transaction: on PostgreSQL a transaction
-    costs a BEGIN and a ROLLBACK, each a round trip, around the one query that a worker
-    makes before every trial."""
+def _autocommit(database: optuna.storages.RDBStorage) -> sqlalchemy.Connection:
+    """A connection for one statement, outside a transaction (a single statement is its
+    own): on PostgreSQL a transaction costs a BEGIN and a COMMIT or ROLLBACK, each a round
+    trip, around the one query that a worker makes before every trial, or the one write
+    of :mod:`hpo.storage.postgres_writes`."""
     return database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
@@ -478,7 +479,7 @@ def trial_ids_after(
 ) -> list[int] | None:
     """The ids of the study's trials above ``after``, in one small query; None where the
     study does not exist (Optuna's reads raise KeyError there)."""
-    with _reading(database) as connection:
+    with _autocommit(database) as connection:
         rows = connection.execute(_TRIAL_IDS_AFTER, {"study_id": study_id, "after": after}).all()
     if not rows:
         return None
@@ -666,10 +667,10 @@ def _write_rows(
     if database.engine.name == "postgresql" and known is not None and params.keys() <= known.keys():
         for name, (_, distribution) in params.items():
             check_distribution_compatibility(known[name], distribution)
-        with _transaction(database) as conn:
+        with _transaction(database, one_statement=True) as conn:
             driver: Any = conn.connection.driver_connection  # psycopg's Connection
-            state = postgres_writes.send(driver, trial_id, rows)
-        _check_written(database, trial_id, state.fetchone())
+            state = postgres_writes.write(driver, trial_id, rows)
+        _check_written(database, trial_id, state)
     else:
         known = _write_checked_first(storage, database, trial_id, rows, params)
     for name, (_, distribution) in params.items():
@@ -678,14 +679,12 @@ def _write_rows(
         storage.wrote(trial_id, params=params, curve=rows.curve, user_attrs=rows.user_attrs)
 
 
-def _check_written(
-    database: optuna.storages.RDBStorage, trial_id: int, state: tuple[str] | None
-) -> None:
+def _check_written(database: optuna.storages.RDBStorage, trial_id: int, state: str | None) -> None:
     """Raise as Optuna's writes raise where the trial, whose state before a write in one
-    round trip was ``state``, could not be written (it wrote nothing then)."""
+    statement was ``state``, could not be written (it wrote nothing then)."""
     if state is None:  # as Optuna's TrialModel.find_or_raise_by_id
         raise KeyError(f"No trial with trial-id {trial_id} exists.")
-    database.check_trial_is_updatable(trial_id, TrialState[state[0]])
+    database.check_trial_is_updatable(trial_id, TrialState[state])
 
 
 def _write_checked_first(
@@ -861,13 +860,19 @@ def _psycopg_sql(conn: sqlalchemy.Connection, statement: sqlalchemy.ClauseElemen
 
 
 @contextmanager
-def _transaction(database: optuna.storages.RDBStorage) -> Iterator[sqlalchemy.Connection]:
+def _transaction(
+    database: optuna.storages.RDBStorage, *, one_statement: bool = False
+) -> Iterator[sqlalchemy.Connection]:
     """One transaction on the database, failing as Optuna's own writes fail: a constraint
     violation as itself (a concurrent write got there first), any other database error
     as Optuna's ``StorageInternalError``. On PostgreSQL it is pipelined
-    (:func:`_pipelined_transaction`)."""
+    (:func:`_pipelined_transaction`), or with ``one_statement`` it is the one statement
+    that the block sends through psycopg itself (in autocommit: no BEGIN, no COMMIT)."""
     try:
-        if database.engine.name == "postgresql":
+        if database.engine.name == "postgresql" and one_statement:
+            with _autocommit(database) as conn, _psycopg_errors(conn):
+                yield conn
+        elif database.engine.name == "postgresql":
             with database.engine.connect() as conn, _pipelined_transaction(conn):
                 yield conn
         else:
@@ -901,7 +906,7 @@ def _pipelined_transaction(conn: sqlalchemy.Connection) -> Iterator[None]:
     # inside the block, and reading conn.info again would raise instead.
     info = conn.info
     try:
-        with driver.pipeline() as pipeline:
+        with _psycopg_errors(conn), driver.pipeline() as pipeline:
             info[PIPELINE] = pipeline
             try:
                 driver.execute("BEGIN")
@@ -909,18 +914,24 @@ def _pipelined_transaction(conn: sqlalchemy.Connection) -> Iterator[None]:
                 driver.execute("COMMIT")
             finally:
                 del info[PIPELINE]
-    except BaseException as e:
+    except BaseException:
         # A write refused, or the block raised: roll back, unless the connection is lost.
         if not driver.broken and driver.info.transaction_status.name != "IDLE":
             with contextlib.suppress(conn.dialect.loaded_dbapi.Error):  # lost meanwhile
                 driver.execute("ROLLBACK")
-        if isinstance(e, conn.dialect.loaded_dbapi.Error):
-            # Raised by a pipeline's sync, which SQLAlchemy did not see: its own error, as
-            # its execute would have raised it.
-            raise sqlalchemy.exc.DBAPIError.instance(
-                "COMMIT", None, e, conn.dialect.loaded_dbapi.Error
-            ) from e
         raise
+
+
+@contextmanager
+def _psycopg_errors(conn: sqlalchemy.Connection) -> Iterator[None]:
+    """psycopg's errors raised past SQLAlchemy (by a pipeline's sync, or a statement sent
+    through psycopg itself) as SQLAlchemy's own, as its execute would have raised them."""
+    try:
+        yield
+    except conn.dialect.loaded_dbapi.Error as e:
+        raise sqlalchemy.exc.DBAPIError.instance(
+            "", None, e, conn.dialect.loaded_dbapi.Error
+        ) from e
 
 
 def finish_trial(

@@ -1,18 +1,23 @@
-"""A running trial's rows written to PostgreSQL in one round trip.
+"""A running trial's rows written to PostgreSQL in one statement, one round trip.
 
 Through SQLAlchemy a write to a trial waits for the server twice: once for the trial's
 state (Optuna refuses a write to a finished trial), then for the rows and the commit. Here
-the state check goes with the writes: the trial's row is locked, every statement writes
-only where the trial may still be written, and the state read first says afterwards
-whether it could. So all of it goes out at once in psycopg's pipeline, with the commit,
-and nothing is written to a finished trial. Each statement's rows travel as arrays, one
-fixed statement per table, which the server prepares once: SQLAlchemy's multi-row
-``VALUES`` made a new statement for each row count, parsed every time, which cost more
-than the round trip it was in (benchmarks/optuna_overhead.py).
+the check is part of the write: one statement locks the trial's row, writes each table
+only where the trial may still be written, and returns the state it found, which says
+afterwards whether it could (where it could not, nothing was written). A single statement
+is its own transaction, so there is no BEGIN or COMMIT to send either.
 
-Statements in Optuna's schema, which its migrations keep (tables ``trials``,
-``trial_params``, ``trial_values``, ``trial_intermediate_values``, and the two attribute
-tables).
+The rows travel as JSON, one parameter per table (``json_to_recordset``): the statement
+is the same for every write, so the server prepares it once; SQLAlchemy's multi-row
+``VALUES`` made a new statement for each row count, which psycopg and the server parsed
+every time, and psycopg's arrays are dumped element by element in Python. Both cost more
+than the round trip (benchmarks/optuna_overhead.py).
+
+Not for a trial's creation (:func:`hpo.storage.backend.create_running_trial`): its number
+counts the study's trials after the study's row is locked, which one statement, whose
+snapshot is taken before the lock, would not see.
+
+The statement names Optuna's tables and columns, which its migrations keep.
 """
 
 from __future__ import annotations
@@ -25,39 +30,42 @@ from typing import Any
 from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
 from optuna.trial import TrialState
 
-# The trial, where it may still be written (as Optuna's check_trial_is_updatable).
-_WRITABLE = "trial_id = %(trial_id)s AND state IN ({})".format(
-    ", ".join(f"'{s.name}'" for s in TrialState if not s.is_finished())
-)
-_LOCK_TRIAL = "SELECT state FROM trials WHERE trial_id = %(trial_id)s FOR UPDATE"
-_INSERT_PARAMS = f"""
-INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
-SELECT trial_id, p.* FROM trials,
-    unnest(%(param_names)s::text[], %(param_values)s::float8[], %(distributions)s::text[]) p
-WHERE {_WRITABLE}"""
-_INSERT_CURVE = f"""
-INSERT INTO trial_intermediate_values
-    (trial_id, step, intermediate_value, intermediate_value_type)
-SELECT trial_id, v.* FROM trials,
-    unnest(%(steps)s::int[], %(step_values)s::float8[],
-           %(step_value_types)s::trialintermediatevaluetype[]) v
-WHERE {_WRITABLE}"""
-_INSERT_VALUES = f"""
-INSERT INTO trial_values (trial_id, objective, value, value_type)
-SELECT trial_id, v.* FROM trials,
-    unnest(%(objectives)s::int[], %(values)s::float8[], %(value_types)s::trialvaluetype[]) v
-WHERE {_WRITABLE}"""
+_STILL_WRITABLE = ", ".join(f"'{s.name}'" for s in TrialState if not s.is_finished())
 _UPSERT_ATTRS = """
-INSERT INTO {table} (trial_id, key, value_json)
-SELECT trial_id, a.* FROM trials, unnest(%(keys)s::text[], %(jsons)s::text[]) a
-WHERE {writable}
-ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"""
-_UPSERT_USER_ATTRS = _UPSERT_ATTRS.format(table="trial_user_attributes", writable=_WRITABLE)
-_UPSERT_SYSTEM_ATTRS = _UPSERT_ATTRS.format(table="trial_system_attributes", writable=_WRITABLE)
-# Last: the statements above see the trial still writable.
-_END_TRIAL = f"""
-UPDATE trials SET state = %(end_state)s, datetime_complete = %(ended_at)s
-WHERE {_WRITABLE}"""
+    INSERT INTO {table} (trial_id, key, value_json)
+    SELECT w.trial_id, a.key, a.value_json
+    FROM writable w, json_to_recordset(%({rows})s::json) a(key text, value_json text)
+    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"""
+_WRITE = f"""
+WITH trial AS (
+    SELECT trial_id, state FROM trials WHERE trial_id = %(trial_id)s FOR UPDATE
+), writable AS (
+    SELECT trial_id FROM trial WHERE state IN ({_STILL_WRITABLE})
+), params AS (
+    INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
+    SELECT w.trial_id, p.name, p.value, p.distribution
+    FROM writable w,
+        json_to_recordset(%(params)s::json) p(name text, value float8, distribution text)
+), curve AS (
+    INSERT INTO trial_intermediate_values
+        (trial_id, step, intermediate_value, intermediate_value_type)
+    SELECT w.trial_id, c.step, c.value, c.kind
+    FROM writable w,
+        json_to_recordset(%(curve)s::json)
+            c(step int, value float8, kind trialintermediatevaluetype)
+), user_attrs AS ({_UPSERT_ATTRS.format(table="trial_user_attributes", rows="user_attrs")}
+), system_attrs AS ({_UPSERT_ATTRS.format(table="trial_system_attributes", rows="system_attrs")}
+), scores AS (
+    INSERT INTO trial_values (trial_id, objective, value, value_type)
+    SELECT w.trial_id, v.objective, v.value, v.kind
+    FROM writable w,
+        json_to_recordset(%(values)s::json) v(objective int, value float8, kind trialvaluetype)
+), ended AS (
+    UPDATE trials SET state = %(end_state)s::trialstate, datetime_complete = %(ended_at)s
+    FROM writable w
+    WHERE trials.trial_id = w.trial_id AND %(end_state)s::trialstate IS NOT NULL
+)
+SELECT state FROM trial"""
 
 
 @dataclass
@@ -72,74 +80,44 @@ class TrialRows:
     end: tuple[TrialState, list[float] | None] | None = None
 
 
-def send(driver: Any, trial_id: int, rows: TrialRows) -> Any:
-    """Queue ``rows``' statements on ``driver`` (a psycopg connection, in a pipeline and a
-    transaction); the cursor whose row, once the pipeline is synced, is the trial's state
-    before the write (none where there is no such trial). Where that state is finished,
-    nothing was written."""
-    state = driver.execute(_LOCK_TRIAL, {"trial_id": trial_id})
-    for sql, params in _statements(trial_id, rows):
-        driver.execute(sql, params)
-    return state
+def write(driver: Any, trial_id: int, rows: TrialRows) -> str | None:
+    """Write ``rows`` on the trial with ``driver`` (a psycopg connection in autocommit);
+    the name of the trial's state before the write, None where there is no such trial.
+    Where that state is a finished one, nothing was written."""
+    found = driver.execute(_WRITE, _parameters(trial_id, rows)).fetchone()
+    return None if found is None else str(found[0])
 
 
-def _statements(trial_id: int, rows: TrialRows) -> list[tuple[str, dict[str, Any]]]:
-    out: list[tuple[str, dict[str, Any]]] = []
-    if rows.params:
-        internal = [float(value) for value, _ in rows.params.values()]
-        dists = [dist for _, dist in rows.params.values()]
-        out.append(
-            (
-                _INSERT_PARAMS,
-                {
-                    "param_names": list(rows.params),
-                    "param_values": internal,
-                    "distributions": dists,
-                },
-            )
-        )
-    if rows.curve:
-        stored = [
-            TrialIntermediateValueModel.intermediate_value_to_stored_repr(v)
-            for v in rows.curve.values()
-        ]
-        out.append(
-            (
-                _INSERT_CURVE,
-                {
-                    "steps": list(rows.curve),
-                    "step_values": [_float(value) for value, _ in stored],
-                    "step_value_types": [kind.name for _, kind in stored],
-                },
-            )
-        )
-    for sql, attrs in (
-        (_UPSERT_USER_ATTRS, rows.user_attrs),
-        (_UPSERT_SYSTEM_ATTRS, rows.system_attrs),
-    ):
-        if attrs:
-            jsons = [json.dumps(value) for value in attrs.values()]
-            out.append((sql, {"keys": list(attrs), "jsons": jsons}))
-    if rows.end is not None:
-        state, values = rows.end
-        if values:
-            scores = [TrialValueModel.value_to_stored_repr(v) for v in values]
-            out.append(
-                (
-                    _INSERT_VALUES,
-                    {
-                        "objectives": list(range(len(scores))),
-                        "values": [_float(value) for value, _ in scores],
-                        "value_types": [kind.name for _, kind in scores],
-                    },
-                )
-            )
-        out.append((_END_TRIAL, {"end_state": state.name, "ended_at": datetime.now()}))
-    for _, params in out:
-        params["trial_id"] = trial_id
-    return out
+def _parameters(trial_id: int, rows: TrialRows) -> dict[str, Any]:
+    curve = [
+        (step, *TrialIntermediateValueModel.intermediate_value_to_stored_repr(value))
+        for step, value in rows.curve.items()
+    ]
+    state, values = rows.end if rows.end is not None else (None, None)
+    scores = [TrialValueModel.value_to_stored_repr(v) for v in values or ()]
+    return {
+        "trial_id": trial_id,
+        "params": json.dumps(
+            [
+                {"name": name, "value": value, "distribution": distribution}
+                for name, (value, distribution) in rows.params.items()
+            ]
+        ),
+        "curve": json.dumps(
+            [{"step": step, "value": value, "kind": kind.name} for step, value, kind in curve]
+        ),
+        "user_attrs": _attrs_json(rows.user_attrs),
+        "system_attrs": _attrs_json(rows.system_attrs),
+        "values": json.dumps(
+            [
+                {"objective": objective, "value": value, "kind": kind.name}
+                for objective, (value, kind) in enumerate(scores)
+            ]
+        ),
+        "end_state": state.name if state is not None else None,
+        "ended_at": datetime.now() if state is not None else None,
+    }
 
 
-def _float(value: float | None) -> float | None:
-    """A float for a ``float8[]`` (psycopg refuses a list of ints and floats), or None."""
-    return None if value is None else float(value)
+def _attrs_json(attrs: dict[str, Any]) -> str:
+    return json.dumps([{"key": k, "value_json": json.dumps(v)} for k, v in attrs.items()])
