@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import optuna
 import pytest
 
-from hpo.studies.pruning import LeanHyperbandPruner, _Bracket
+from hpo.studies.pruning import LeanHyperbandPruner, _Bracket, _RankedBracket
 
 EPOCHS = 30
 
@@ -85,3 +86,42 @@ def test_lean_hyperband_brackets_hold_the_trials_optunas_hold() -> None:
             assert ours == theirs
     sizes = [len(_Bracket(pruner, study, b).get_trials()) for b in range(len(pruner._pruners))]
     assert sum(sizes) == 40 and min(sizes) < 40  # several brackets, none missed
+
+
+class _View:
+    """A study as a worker's cache shows it: only the trials given, in number order."""
+
+    def __init__(self, study: optuna.Study, shown: list[optuna.trial.FrozenTrial]) -> None:
+        self.study_name = study.study_name
+        self._storage = study._storage
+        self.direction = study.direction
+        self.shown = shown
+
+    def get_trials(
+        self, deepcopy: bool = False, states: tuple[optuna.trial.TrialState, ...] = ()
+    ) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.shown if t.state in states]
+
+
+def test_a_bracket_compares_each_trial_past_its_first_rung_once_whenever_it_is_read() -> None:
+    """What successive halving compares: the bracket's trials past its first rung, each
+    once, the finished ones kept as they are read, another worker's trial read late (below
+    the newest) included."""
+    pruner = LeanHyperbandPruner(1, EPOCHS)
+    study = optuna.create_study(study_name="ranked", pruner=pruner)
+    study.optimize(curve_objective, n_trials=40)
+    trials = study.get_trials(deepcopy=False)
+    late = next(t for t in trials if "completed_rung_0" in t.system_attrs and t.number < 30)
+    pruner._ranked.clear()
+    for shown in ([t for t in trials if t is not late], trials):
+        for bracket in range(len(pruner._pruners)):
+            view = _RankedBracket(pruner, cast(optuna.Study, _View(study, shown)), bracket)
+            ours = [t.number for t in view.get_trials(deepcopy=False)]
+            ids = pruner._bracket_ids(study, 39)
+            expected = [
+                t.number
+                for t in shown
+                if ids[t.number] == bracket and "completed_rung_0" in t.system_attrs
+            ]
+            assert sorted(ours) == expected
+    assert any(late.number in r.seen for r in pruner._ranked.values())
