@@ -647,8 +647,10 @@ def _write_rows(
     from the first stored param of that name); params and values inserted (each is
     written once), attrs inserted or replaced. One statement each, in SQLAlchemy Core:
     Optuna's ORM session cost more than the database did (benchmarks/optuna_overhead.py).
-    On PostgreSQL the check waits for one round trip and the writes go out with the commit,
-    in another (:func:`_pipelined_transaction`).
+    On PostgreSQL, where the cache knows every param's distribution (all but a study's
+    first params), the check and the writes are one statement, one round trip
+    (:mod:`hpo.storage.postgres_writes`); else the check waits for one round trip and the
+    writes go out with the commit, in another (:func:`_pipelined_transaction`).
     """
     # What TrialCache holds for the trial: system attrs its sampler and pruner set since its
     # last write, and its last user attrs and values where it waits for the state (defer).
