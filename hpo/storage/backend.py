@@ -461,7 +461,7 @@ def lock_and_count(
         except BaseException:
             lock.release()
             raise
-    sql = _compiled_sql(database.engine.dialect, _STATE_COUNTS)
+    sql = _psycopg_sql(database.engine.dialect, _STATE_COUNTS)
     rows = lock.acquire_then((sql, {"study_id": study_id}))
     return collections.Counter({TrialState[state]: n for state, n in rows})
 
@@ -840,8 +840,8 @@ def _create_in_one_round_trip(
     try:
         with _transaction(database) as conn:
             driver: Any = conn.connection.driver_connection  # psycopg's Connection
-            locked = driver.execute(_psycopg_sql(conn, _LOCK_STUDY), params)
-            created = driver.execute(_psycopg_sql(conn, insert), params)
+            locked = driver.execute(_psycopg_sql(conn.dialect, _LOCK_STUDY), params)
+            created = driver.execute(_psycopg_sql(conn.dialect, insert), params)
     except sqlalchemy.exc.IntegrityError:  # the insert found no study row (foreign key)
         return None
     if locked.fetchone() is None:
@@ -851,14 +851,10 @@ def _create_in_one_round_trip(
 
 
 @functools.cache
-def _compiled_sql(dialect: sqlalchemy.Dialect, statement: sqlalchemy.ClauseElement) -> str:
-    return str(statement.compile(dialect=dialect))
-
-
-def _psycopg_sql(conn: sqlalchemy.Connection, statement: sqlalchemy.ClauseElement) -> str:
+def _psycopg_sql(dialect: sqlalchemy.Dialect, statement: sqlalchemy.ClauseElement) -> str:
     """``statement``'s SQL for psycopg itself (named parameters as ``%(name)s``), for
-    statements sent in a pipeline without waiting, compiled once."""
-    return _compiled_sql(conn.dialect, statement)
+    statements sent past SQLAlchemy (in a pipeline, without waiting), compiled once."""
+    return str(statement.compile(dialect=dialect))
 
 
 @contextmanager

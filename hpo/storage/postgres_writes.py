@@ -31,35 +31,54 @@ from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueM
 from optuna.trial import TrialState
 
 _STILL_WRITABLE = ", ".join(f"'{s.name}'" for s in TrialState if not s.is_finished())
-_UPSERT_ATTRS = """
-    INSERT INTO {table} (trial_id, key, value_json)
-    SELECT w.trial_id, a.key, a.value_json
-    FROM writable w, json_to_recordset(%({rows})s::json) a(key text, value_json text)
-    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"""
+
+
+def _insert(table: str, columns: dict[str, str], upsert: bool = False) -> str:
+    """An insert into ``table`` of the rows in the JSON parameter named after it (objects
+    keyed by column; ``columns``: name -> type) for the trial, where it is writable; with
+    ``upsert``, a row of the same key replaces the stored one (as Optuna writes attrs)."""
+    names = ", ".join(columns)
+    typed = ", ".join(f"{name} {kind}" for name, kind in columns.items())
+    conflict = " ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"
+    return (
+        f"INSERT INTO {table} (trial_id, {names})"
+        f" SELECT w.trial_id, {', '.join(f'r.{name}' for name in columns)}"
+        f" FROM writable w, json_to_recordset(%({table})s::json) AS r({typed})"
+        + (conflict if upsert else "")
+    )
+
+
+_ATTR = {"key": "text", "value_json": "text"}
 _WRITE = f"""
 WITH trial AS (
     SELECT trial_id, state FROM trials WHERE trial_id = %(trial_id)s FOR UPDATE
 ), writable AS (
     SELECT trial_id FROM trial WHERE state IN ({_STILL_WRITABLE})
 ), params AS (
-    INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
-    SELECT w.trial_id, p.name, p.value, p.distribution
-    FROM writable w,
-        json_to_recordset(%(params)s::json) p(name text, value float8, distribution text)
+    {
+    _insert(
+        "trial_params", {"param_name": "text", "param_value": "float8", "distribution_json": "text"}
+    )
+}
 ), curve AS (
-    INSERT INTO trial_intermediate_values
-        (trial_id, step, intermediate_value, intermediate_value_type)
-    SELECT w.trial_id, c.step, c.value, c.kind
-    FROM writable w,
-        json_to_recordset(%(curve)s::json)
-            c(step int, value float8, kind trialintermediatevaluetype)
-), user_attrs AS ({_UPSERT_ATTRS.format(table="trial_user_attributes", rows="user_attrs")}
-), system_attrs AS ({_UPSERT_ATTRS.format(table="trial_system_attributes", rows="system_attrs")}
+    {
+    _insert(
+        "trial_intermediate_values",
+        {
+            "step": "int",
+            "intermediate_value": "float8",
+            "intermediate_value_type": "trialintermediatevaluetype",
+        },
+    )
+}
+), user_attrs AS (
+    {_insert("trial_user_attributes", _ATTR, upsert=True)}
+), system_attrs AS (
+    {_insert("trial_system_attributes", _ATTR, upsert=True)}
 ), scores AS (
-    INSERT INTO trial_values (trial_id, objective, value, value_type)
-    SELECT w.trial_id, v.objective, v.value, v.kind
-    FROM writable w,
-        json_to_recordset(%(values)s::json) v(objective int, value float8, kind trialvaluetype)
+    {
+    _insert("trial_values", {"objective": "int", "value": "float8", "value_type": "trialvaluetype"})
+}
 ), ended AS (
     UPDATE trials SET state = %(end_state)s::trialstate, datetime_complete = %(ended_at)s
     FROM writable w
@@ -89,6 +108,7 @@ def write(driver: Any, trial_id: int, rows: TrialRows) -> str | None:
 
 
 def _parameters(trial_id: int, rows: TrialRows) -> dict[str, Any]:
+    """The statement's parameters: each table's rows as JSON, keyed by column."""
     curve = [
         (step, *TrialIntermediateValueModel.intermediate_value_to_stored_repr(value))
         for step, value in rows.curve.items()
@@ -97,20 +117,23 @@ def _parameters(trial_id: int, rows: TrialRows) -> dict[str, Any]:
     scores = [TrialValueModel.value_to_stored_repr(v) for v in values or ()]
     return {
         "trial_id": trial_id,
-        "params": json.dumps(
+        "trial_params": json.dumps(
             [
-                {"name": name, "value": value, "distribution": distribution}
+                {"param_name": name, "param_value": value, "distribution_json": distribution}
                 for name, (value, distribution) in rows.params.items()
             ]
         ),
-        "curve": json.dumps(
-            [{"step": step, "value": value, "kind": kind.name} for step, value, kind in curve]
-        ),
-        "user_attrs": _attrs_json(rows.user_attrs),
-        "system_attrs": _attrs_json(rows.system_attrs),
-        "values": json.dumps(
+        "trial_intermediate_values": json.dumps(
             [
-                {"objective": objective, "value": value, "kind": kind.name}
+                {"step": step, "intermediate_value": value, "intermediate_value_type": kind.name}
+                for step, value, kind in curve
+            ]
+        ),
+        "trial_user_attributes": _attrs_json(rows.user_attrs),
+        "trial_system_attributes": _attrs_json(rows.system_attrs),
+        "trial_values": json.dumps(
+            [
+                {"objective": objective, "value": value, "value_type": kind.name}
                 for objective, (value, kind) in enumerate(scores)
             ]
         ),

@@ -46,7 +46,7 @@ import bisect
 import copy
 import math
 import time
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Collection, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -57,6 +57,8 @@ from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import FrozenTrial, TrialState
 
 REFRESH_S = 1.0  # the longest other workers' trials go unread while this process samples
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states of trials that TPE ranks
+RUNNING = (TrialState.RUNNING,)
 
 
 @dataclass
@@ -400,6 +402,23 @@ class _Sorted:
         elif keep:
             self.numbers.insert(i, trial.number)
             self.trials.insert(i, trial)
+
+
+def not_seen(finished: list[FrozenTrial], seen: Collection[int]) -> list[FrozenTrial]:
+    """The trials of ``finished`` (a study's finished trials in number order, as
+    :class:`TrialCache` gives them) whose numbers are not in ``seen`` (numbers of trials
+    taken from earlier such lists), in number order. They are nearly always the newest:
+    they are looked for from the end, until as many are found as ``seen`` lacks, not in
+    the whole study (a trial another worker ended is read late, maybe below the newest)."""
+    missing = len(finished) - len(seen)
+    new: list[FrozenTrial] = []
+    for t in reversed(finished):
+        if len(new) >= missing:
+            break
+        if t.number not in seen:
+            new.append(t)
+    new.reverse()
+    return new
 
 
 def _copy_trial(trial: FrozenTrial) -> FrozenTrial:

@@ -38,6 +38,7 @@ from optuna.samplers._tpe import sampler as _tpe
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage.trial_cache import FINISHED, RUNNING
 from hpo.studies.sample_ahead import DrawAhead
 
 _truncnorm: ModuleType | None
@@ -58,8 +59,6 @@ Score = Callable[[FrozenTrial], Any]  # Optuna's key to rank a finished trial by
 # tests') start none.
 AHEAD_START = 30
 AHEAD_FROM = 50
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what TPE reads, with RUNNING
-RUNNING = (TrialState.RUNNING,)
 
 
 def use_scipys_normal_cdf() -> None:

@@ -25,6 +25,8 @@ from optuna.pruners._successive_halving import _completed_rung_key
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage.trial_cache import FINISHED, RUNNING, not_seen
+
 
 class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
     """:class:`optuna.pruners.HyperbandPruner` (same arguments, same decisions), which
@@ -119,8 +121,6 @@ class _Bracket:
         return [t for t in trials if ids[t.number] == self._bracket]
 
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-RUNNING = (TrialState.RUNNING,)
 FIRST_RUNG = _completed_rung_key(0)  # the system attr of a trial past a bracket's first rung
 
 
@@ -151,16 +151,12 @@ class _RankedBracket(_Bracket):
         ids = self._pruner._bracket_ids(self._study, last)
         key = (self._study.study_name, self._bracket)
         ranked = self._pruner._ranked.setdefault(key, _Ranked())
-        # The finished trials not looked at yet: nearly always the newest.
-        missing = len(finished) - len(ranked.seen)
-        for t in reversed(finished):
-            if missing <= 0:
-                break
-            if t.number not in ranked.seen:
-                ranked.seen.add(t.number)
-                missing -= 1
-                if ids[t.number] == self._bracket and FIRST_RUNG in t.system_attrs:
-                    ranked.trials.append(t)
-        return ranked.trials + [
-            t for t in running if ids[t.number] == self._bracket and FIRST_RUNG in t.system_attrs
-        ]
+        for t in not_seen(finished, ranked.seen):
+            ranked.seen.add(t.number)
+            if self._compares(t, ids):
+                ranked.trials.append(t)
+        return ranked.trials + [t for t in running if self._compares(t, ids)]
+
+    def _compares(self, trial: FrozenTrial, ids: list[int]) -> bool:
+        """Whether ``trial`` is of this bracket and past its first rung."""
+        return ids[trial.number] == self._bracket and FIRST_RUNG in trial.system_attrs

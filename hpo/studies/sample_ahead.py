@@ -40,6 +40,8 @@ from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage.trial_cache import not_seen
+
 REPLY_TIMEOUT_S = 60.0  # a helper slower than this is taken for hung
 
 Space = dict[str, BaseDistribution]
@@ -163,21 +165,11 @@ class DrawAhead:
         self.start()
         if self._writer is None:
             return
-        # The finished trials the helper has not had (it keeps those it had): nearly always
-        # the newest, so they are looked for from the end, not in the whole study.
-        missing = len(finished) - len(self._sent)
-        new: list[FrozenTrial] = []
-        for t in reversed(finished):
-            if len(new) >= missing:
-                break
-            if t.number not in self._sent:
-                new.append(_lean(t))
-        new.reverse()
         self._next_id += 1
         request = Request(
             self._next_id,
             self.sampler_kwargs,
-            new,
+            [_lean(t) for t in not_seen(finished, self._sent)],  # the helper keeps the rest
             [_lean(t) for t in running],
             list(directions),
             space,
