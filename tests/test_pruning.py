@@ -8,7 +8,7 @@ from typing import cast
 import optuna
 import pytest
 
-from hpo.studies.pruning import LeanHyperbandPruner, _Bracket, _RankedBracket
+from hpo.studies.pruning import LeanHyperbandPruner
 
 EPOCHS = 30
 
@@ -70,22 +70,33 @@ def test_lean_hyperband_asks_storage_only_at_promotion_steps() -> None:
     assert reads <= 4 * len(study.trials) < checks / 2
 
 
-def test_lean_hyperband_brackets_hold_the_trials_optunas_hold() -> None:
+def rung_values(trials: list[optuna.trial.FrozenTrial]) -> dict[str, list[float]]:
+    """The values by rung in ``trials``' system attrs, each list sorted (order is not
+    compared: successive halving sorts them)."""
+    values: dict[str, list[float]] = {}
+    for t in trials:
+        for key, value in t.system_attrs.items():
+            if key.startswith("completed_rung_"):
+                values.setdefault(key, []).append(value)
+    return {key: sorted(v) for key, v in values.items()}
+
+
+def test_lean_hyperband_compares_the_values_optunas_brackets_hold() -> None:
     pruner = LeanHyperbandPruner(1, EPOCHS)
     study = optuna.create_study(study_name="brackets", pruner=pruner)
     study.optimize(curve_objective, n_trials=40)
     plain = optuna.pruners.HyperbandPruner(1, EPOCHS)
     plain._try_initialization(study)
+    pruner._done.clear()  # gathered afresh from the finished study
+    sizes = []
     for bracket in range(len(pruner._pruners)):
-        view = _Bracket(pruner, study, bracket)
-        optunas = plain._create_bracket_study(study, bracket)
-        # All trials (numbers 0..39, looked up by index) and the complete ones (by number).
-        for states in (None, (optuna.trial.TrialState.COMPLETE,)):
-            ours = [t.number for t in view.get_trials(deepcopy=False, states=states)]
-            theirs = [t.number for t in optunas.get_trials(deepcopy=False, states=states)]
-            assert ours == theirs
-    sizes = [len(_Bracket(pruner, study, b).get_trials()) for b in range(len(pruner._pruners))]
+        done, running = pruner._bracket_values(study, bracket)
+        optunas = plain._create_bracket_study(study, bracket).get_trials(deepcopy=False)
+        assert {k: sorted(v) for k, v in done.items()} == rung_values(optunas)
+        assert running == []
+        sizes.append(len(optunas))
     assert sum(sizes) == 40 and min(sizes) < 40  # several brackets, none missed
+    assert sum(len(v) for v in done.values()) > 0  # a bracket with values to compare
 
 
 class _View:
@@ -103,25 +114,45 @@ class _View:
         return [t for t in self.shown if t.state in states]
 
 
-def test_a_bracket_compares_each_trial_past_its_first_rung_once_whenever_it_is_read() -> None:
-    """What successive halving compares: the bracket's trials past its first rung, each
-    once, the finished ones kept as they are read, another worker's trial read late (below
-    the newest) included."""
+def test_a_bracket_keeps_each_finished_trials_values_once_whenever_it_is_read() -> None:
+    """The values by rung kept for each bracket are its finished trials', each counted
+    once however often they are read, another worker's trial read late (below the
+    newest) included."""
     pruner = LeanHyperbandPruner(1, EPOCHS)
     study = optuna.create_study(study_name="ranked", pruner=pruner)
     study.optimize(curve_objective, n_trials=40)
     trials = study.get_trials(deepcopy=False)
     late = next(t for t in trials if "completed_rung_0" in t.system_attrs and t.number < 30)
-    pruner._ranked.clear()
-    for shown in ([t for t in trials if t is not late], trials):
+    pruner._done.clear()
+    ids = pruner._bracket_ids(study, 39)
+    for shown in ([t for t in trials if t is not late], trials, trials):
         for bracket in range(len(pruner._pruners)):
-            view = _RankedBracket(pruner, cast(optuna.Study, _View(study, shown)), bracket)
-            ours = [t.number for t in view.get_trials(deepcopy=False)]
-            ids = pruner._bracket_ids(study, 39)
-            expected = [
-                t.number
-                for t in shown
-                if ids[t.number] == bracket and "completed_rung_0" in t.system_attrs
-            ]
-            assert sorted(ours) == expected
-    assert any(late.number in r.seen for r in pruner._ranked.values())
+            view = cast(optuna.Study, _View(study, shown))
+            done, _ = pruner._bracket_values(view, bracket)
+            expected = rung_values([t for t in shown if ids[t.number] == bracket])
+            assert {k: sorted(v) for k, v in done.items()} == expected
+    assert any(late.number in r.seen for r in pruner._done.values())
+
+
+def judged_beside_running_trials(pruner: optuna.pruners.BasePruner) -> list[bool]:
+    """Trials that all stay running (as other workers' would), each judged at its
+    bracket's first promotion step: the first of a bracket reports the best value, so the
+    later ones are pruned only where the running trials' values are compared."""
+    study = optuna.create_study(
+        study_name="beside", storage=optuna.storages.InMemoryStorage(), pruner=pruner
+    )
+    brackets = optuna.pruners.HyperbandPruner(1, EPOCHS)
+    brackets._try_initialization(study)
+    decisions = []
+    for i in range(12):
+        trial = study.ask()
+        bracket = brackets._get_bracket_id(study, study._storage.get_trial(trial._trial_id))
+        trial.report(0.1 if i < 4 else 0.5 + i / 100, 3**bracket)
+        decisions.append(trial.should_prune())
+    return decisions
+
+
+def test_lean_hyperband_compares_running_trials_as_optuna_does() -> None:
+    plain = judged_beside_running_trials(optuna.pruners.HyperbandPruner(1, EPOCHS))
+    assert judged_beside_running_trials(LeanHyperbandPruner(1, EPOCHS)) == plain
+    assert plain.count(True) >= 3  # pruned for the running trials' better values

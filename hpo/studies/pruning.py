@@ -8,21 +8,25 @@ Optuna's answer is "continue", with nothing read that matters and nothing writte
 pruner gives that answer itself and asks Optuna only at promotion steps: with 30 epochs
 that is at most 4 of the 30 checks, and in most brackets 1 or 2.
 
-When it does ask, Optuna's bracket study finds the trials of the bracket by hashing every
+When it does ask, Optuna's successive halving walks every trial of the bracket for the
+values at the trial's rung, and its bracket study finds those trials by hashing every
 trial's number with the study's name, through a method call per trial: at 1000 trials
-that took longer than the rest of the check. A trial's bracket never changes, so this
-pruner computes it once per number and picks the bracket's trials from a list.
+either took longer than the rest of the check. A trial's bracket never changes, nor do a
+finished trial's rungs, so this pruner computes each number's bracket once and keeps each
+bracket's values by rung as its trials finish; only running trials are read each time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+import math
 from dataclasses import dataclass, field
-from typing import cast
 
 import optuna
-from optuna.pruners._successive_halving import _completed_rung_key
-from optuna.study import StudyDirection
+from optuna.pruners._successive_halving import (
+    _completed_rung_key,
+    _get_current_rung,
+    _is_trial_promotable_to_next_rung,
+)
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.storage.trial_cache import FINISHED, RUNNING, not_seen
@@ -46,7 +50,7 @@ class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
         super().__init__(min_resource, max_resource, reduction_factor)
         self._next_check: dict[int, int] = {}  # trial id -> the next step Optuna must see
         self._brackets: dict[str, list[int]] = {}  # study name -> bracket id by trial number
-        self._ranked: dict[tuple[str, int], _Ranked] = {}  # by (study name, bracket)
+        self._done: dict[tuple[str, int], _RungValues] = {}  # by (study name, bracket)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
@@ -55,14 +59,65 @@ class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
         bracket = self._get_bracket_id(study, trial)
         if step < self._next_check.get(trial._trial_id, self._promotion_step(bracket, 0)):
             return False
-        # Optuna's Hyperband.prune from here on, with its bracket study made leaner.
-        view = cast(optuna.Study, _RankedBracket(self, study, bracket))
-        pruned = self._pruners[bracket].prune(view, trial)
+        pruned = self._successive_halving(study, trial, bracket, step)
         if pruned:
             self._next_check.pop(trial._trial_id, None)
         else:
             self._next_check[trial._trial_id] = self._next_promotion_step(bracket, step)
         return pruned
+
+    def _successive_halving(
+        self, study: optuna.Study, trial: FrozenTrial, bracket: int, step: int
+    ) -> bool:
+        """Optuna's ``SuccessiveHalvingPruner.prune`` for ``bracket`` (the same rungs, the
+        same writes, the same answer), with the values the trial competes with at a rung
+        taken from the bracket's finished trials' values kept by rung, and from its
+        running trials read at the point where Optuna reads the bracket's trials."""
+        halving = self._pruners[bracket]
+        rung = _get_current_rung(trial)
+        value = trial.intermediate_values[step]
+        done: dict[str, list[float]] | None = None
+        running: list[FrozenTrial] = []
+        while True:
+            if step < self._promotion_step(bracket, rung):
+                return False
+            if math.isnan(value):
+                return True
+            if done is None:
+                done, running = self._bracket_values(study, bracket)
+            rung_key = _completed_rung_key(rung)
+            study._storage.set_trial_system_attr(trial._trial_id, rung_key, value)
+            competing = [
+                *done.get(rung_key, ()),
+                *(t.system_attrs[rung_key] for t in running if rung_key in t.system_attrs),
+                value,
+            ]
+            if len(competing) <= halving._bootstrap_count:
+                return True
+            if not _is_trial_promotable_to_next_rung(
+                value, competing, self._reduction_factor, study.direction
+            ):
+                return True
+            rung += 1
+
+    def _bracket_values(
+        self, study: optuna.Study, bracket: int
+    ) -> tuple[dict[str, list[float]], list[FrozenTrial]]:
+        """What successive halving compares a trial of ``bracket`` with: the values by rung
+        of the bracket's trials that are done (kept: they never change), and its running
+        trials, itself among them, as Optuna's bracket study holds them."""
+        done = study.get_trials(deepcopy=False, states=DONE)
+        running = study.get_trials(deepcopy=False, states=RUNNING)
+        last = max((t.number for t in (*done[-1:], *running)), default=-1)
+        ids = self._bracket_ids(study, last)
+        kept = self._done.setdefault((study.study_name, bracket), _RungValues())
+        for t in not_seen(done, kept.seen):
+            kept.seen.add(t.number)
+            if ids[t.number] == bracket:
+                for key, value in t.system_attrs.items():
+                    if key.startswith(RUNG_KEY_PREFIX):
+                        kept.values.setdefault(key, []).append(value)
+        return kept.values, [t for t in running if ids[t.number] == bracket]
 
     def _get_bracket_id(self, study: optuna.Study, trial: FrozenTrial) -> int:
         if not self._pruners:  # not set up yet: Optuna answers 0
@@ -94,69 +149,15 @@ class _Numbered:
     number: int
 
 
-class _Bracket:
-    """What a successive-halving bracket reads of the study: its trials in the bracket, its
-    direction, its storage (Optuna's ``_BracketStudy`` gives it the same, and more)."""
-
-    def __init__(self, pruner: LeanHyperbandPruner, study: optuna.Study, bracket: int) -> None:
-        self._pruner = pruner
-        self._study = study
-        self._bracket = bracket
-        self._storage = study._storage
-
-    @property
-    def direction(self) -> StudyDirection:
-        return self._study.direction
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
-        if not trials:
-            return trials
-        last = trials[-1].number  # Optuna's storages give trials in number order
-        ids = self._pruner._bracket_ids(self._study, last)
-        if len(trials) == last + 1:  # numbers 0..n-1: each trial's bracket is at its index
-            return [t for t, bracket in zip(trials, ids, strict=False) if bracket == self._bracket]
-        return [t for t in trials if ids[t.number] == self._bracket]
-
-
-FIRST_RUNG = _completed_rung_key(0)  # the system attr of a trial past a bracket's first rung
+# Trials whose rungs never change again (Optuna's bracket study holds them in every state).
+DONE = (*FINISHED, TrialState.FAIL)
+RUNG_KEY_PREFIX = _completed_rung_key(0).removesuffix("0")  # "completed_rung_"
 
 
 @dataclass
-class _Ranked:
-    """A bracket's finished trials past its first rung, gathered as trials finish (their
-    rungs never change then), and the numbers of the finished trials looked at."""
+class _RungValues:
+    """A bracket's done trials' values by rung (by the rung's system attr), gathered as
+    they are read, and the numbers of the done trials looked at."""
 
-    trials: list[FrozenTrial] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
     seen: set[int] = field(default_factory=set)
-
-
-class _RankedBracket(_Bracket):
-    """The bracket as successive halving reads it when it judges a trial: only its trials
-    past the first rung, the only ones whose values it compares (a trial passes its rungs
-    from the first up), in no particular order (it sorts the values). At 1000 trials,
-    walking every trial of the bracket for a rung's values on each judgement took longer
-    than the rest of the check. The finished ones are kept as they finish."""
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        if deepcopy or states is not None:  # not successive halving's read
-            return super().get_trials(deepcopy, states)
-        finished = self._study.get_trials(deepcopy=False, states=FINISHED)
-        running = self._study.get_trials(deepcopy=False, states=RUNNING)
-        last = max((t.number for t in (*finished[-1:], *running)), default=-1)
-        ids = self._pruner._bracket_ids(self._study, last)
-        key = (self._study.study_name, self._bracket)
-        ranked = self._pruner._ranked.setdefault(key, _Ranked())
-        for t in not_seen(finished, ranked.seen):
-            ranked.seen.add(t.number)
-            if self._compares(t, ids):
-                ranked.trials.append(t)
-        return ranked.trials + [t for t in running if self._compares(t, ids)]
-
-    def _compares(self, trial: FrozenTrial, ids: list[int]) -> bool:
-        """Whether ``trial`` is of this bracket and past its first rung."""
-        return ids[trial.number] == self._bracket and FIRST_RUNG in trial.system_attrs
