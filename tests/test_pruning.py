@@ -134,25 +134,34 @@ def test_a_bracket_keeps_each_finished_trials_values_once_whenever_it_is_read() 
     assert any(late.number in r.seen for r in pruner._done.values())
 
 
-def judged_beside_running_trials(pruner: optuna.pruners.BasePruner) -> list[bool]:
+def judged_beside_running_trials(
+    pruner: optuna.pruners.BasePruner, others: optuna.trial.TrialState
+) -> list[bool]:
     """Trials that all stay running (as other workers' would), each judged at its
     bracket's first promotion step: the first of a bracket reports the best value, so the
-    later ones are pruned only where the running trials' values are compared."""
+    later ones are pruned only where the running trials' values are compared. Beside
+    them, trials in state ``others`` with values better still at the first rung: failed
+    ones, or retries of failed ones waiting with their rungs (Optuna's
+    RetryFailedTrialCallback copies them)."""
     study = optuna.create_study(
         study_name="beside", storage=optuna.storages.InMemoryStorage(), pruner=pruner
     )
     brackets = optuna.pruners.HyperbandPruner(1, EPOCHS)
     brackets._try_initialization(study)
+    trials = [study.ask() for _ in range(12)]
+    for _ in range(4):
+        study.add_trial(optuna.create_trial(state=others, system_attrs={"completed_rung_0": 0.05}))
     decisions = []
-    for i in range(12):
-        trial = study.ask()
+    for i, trial in enumerate(trials):
         bracket = brackets._get_bracket_id(study, study._storage.get_trial(trial._trial_id))
         trial.report(0.1 if i < 4 else 0.5 + i / 100, 3**bracket)
         decisions.append(trial.should_prune())
     return decisions
 
 
-def test_lean_hyperband_compares_running_trials_as_optuna_does() -> None:
-    plain = judged_beside_running_trials(optuna.pruners.HyperbandPruner(1, EPOCHS))
-    assert judged_beside_running_trials(LeanHyperbandPruner(1, EPOCHS)) == plain
-    assert plain.count(True) >= 3  # pruned for the running trials' better values
+@pytest.mark.parametrize("others", ["WAITING", "FAIL"])
+def test_lean_hyperband_compares_other_workers_trials_as_optuna_does(others: str) -> None:
+    state = optuna.trial.TrialState[others]
+    plain = judged_beside_running_trials(optuna.pruners.HyperbandPruner(1, EPOCHS), state)
+    assert judged_beside_running_trials(LeanHyperbandPruner(1, EPOCHS), state) == plain
+    assert plain.count(True) >= 3  # pruned for the other trials' better values

@@ -105,9 +105,9 @@ class LeanHyperbandPruner(optuna.pruners.HyperbandPruner):
     ) -> tuple[dict[str, list[float]], list[FrozenTrial]]:
         """What successive halving compares a trial of ``bracket`` with: the values by rung
         of the bracket's trials that are done (kept: they never change), and its running
-        trials, itself among them, as Optuna's bracket study holds them."""
+        and waiting trials, itself among them, as Optuna's bracket study holds them."""
         done = study.get_trials(deepcopy=False, states=DONE)
-        running = study.get_trials(deepcopy=False, states=RUNNING)
+        running = study.get_trials(deepcopy=False, states=LIVE)
         last = max((t.number for t in (*done[-1:], *running)), default=-1)
         ids = self._bracket_ids(study, last)
         kept = self._done.setdefault((study.study_name, bracket), _RungValues())
@@ -149,8 +149,10 @@ class _Numbered:
     number: int
 
 
-# Trials whose rungs never change again (Optuna's bracket study holds them in every state).
+# Trials whose rungs never change again, and those whose rungs may (a retried trial waits
+# with the rungs of the one that failed); Optuna's bracket study holds both.
 DONE = (*FINISHED, TrialState.FAIL)
+LIVE = (*RUNNING, TrialState.WAITING)
 RUNG_KEY_PREFIX = _completed_rung_key(0).removesuffix("0")  # "completed_rung_"
 
 
