@@ -57,7 +57,9 @@ else:
     spec, base = load_spec(Path(os.environ["HPO_REPO"]) / "studies" / "fashion_mnist.yaml")
     data_spec = spec.data.model_copy(update={"limit": 13333})
     data = load_dataset(data_spec, spec.task, base, spec.seed)
-    baseline = spec.nn.baselines[0]
+    # The course's Fashion-MNIST network, which studies/mnist.yaml enqueues.
+    course, _ = load_spec(Path(os.environ["HPO_REPO"]) / "studies" / "mnist.yaml")
+    baseline = course.nn.baselines[0]
     mlp = MLPSpec.from_params(baseline.params(), [l.model_dump() for l in baseline.layers])
     epochs = 1
 if os.environ["HPO_THREADS_BENCH"] == "hpo":
