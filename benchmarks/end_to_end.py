@@ -1,17 +1,20 @@
 """Fashion-MNIST end to end under one wall-clock budget: NN study, GBM study, ensemble.
 
     python benchmarks/end_to_end.py [--budget 1800] [--spec studies/fashion_mnist.yaml]
+                                    [--keep DIR] [--append]
 
 Runs ``hpo run`` as a user would, in a subprocess on a fresh SQLite file, with the
 budget split 60% NN, 30% GBM (Optuna's timeout stops new trials, so the last trial of
 each may run over; the ensemble needs the rest). Reports the best single-model and
 ensemble test accuracy from the leaderboard that the run stored, the wall time, and the
-peak memory of the worker process.
+peak memory of the worker process. ``--append`` adds the run to the results file's runs
+of the same spec and budget, to show how far one run's numbers move from the next.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -24,7 +27,7 @@ import optuna
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_result
+from _common import REPO, RESULTS, write_result
 
 
 def main() -> None:
@@ -33,6 +36,11 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=REPO / "studies" / "fashion_mnist.yaml")
     parser.add_argument(
         "--keep", type=Path, help="keep the run's database and model files in this new folder"
+    )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run to the results file's runs of the same spec and budget",
     )
     args = parser.parse_args()
     args.spec = args.spec.resolve()
@@ -87,6 +95,7 @@ def main() -> None:
         for s in (nn, gbm)
     }
     row = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "budget_s": args.budget,
         "wall_s": round(wall, 1),
         "peak_rss_mib": round(peak_mib),
@@ -98,7 +107,13 @@ def main() -> None:
     }
     print(row)
     spec_name = args.spec.relative_to(REPO) if args.spec.is_relative_to(REPO) else args.spec
-    write_result("end_to_end", {"spec": str(spec_name), "rows": [row]})
+    rows = [row]
+    earlier = RESULTS / "end_to_end.json"
+    if args.append and earlier.exists():
+        before = json.loads(earlier.read_text())
+        if before["spec"] == str(spec_name):
+            rows = [r for r in before["rows"] if r["budget_s"] == args.budget] + rows
+    write_result("end_to_end", {"spec": str(spec_name), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -124,24 +124,47 @@ def search_efficiency(r: dict[str, Any]) -> list[str]:
 
 
 def end_to_end(r: dict[str, Any]) -> list[str]:
-    row = r["rows"][0]
-    trials = "; ".join(
-        f"{name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned"
-        for name, c in row["trials"].items()
-    )
-    return [
-        f"**End to end** (`python benchmarks/end_to_end.py --budget {row['budget_s']:g}`; "
-        f"{r['spec']}: NN study, GBM study, ensemble in one `hpo run`)",
+    rows = r["rows"]
+    many = len(rows) > 1  # repeated runs (--append): one line each, with their date
+    lines = [
+        f"**End to end** (`python benchmarks/end_to_end.py --budget {rows[0]['budget_s']:g}`; "
+        f"{r['spec']}: NN study, GBM study, ensemble in one `hpo run`"
+        + (f"; {len(rows)} runs)" if many else ")"),
         "",
-        "| wall (s) | peak RSS (MiB) | best MLP test | best XGBoost test "
-        "| average ensemble test | greedy ensemble test |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {row['wall_s']} | {row['peak_rss_mib']} | {row['best_nn_test']} | "
-        f"{row['best_gbm_test']} | {row['ensemble_average_test']} | "
-        f"{row['ensemble_greedy_test']} |",
-        "",
-        f"Trials: {trials}.",
+        ("| run " if many else "")
+        + "| wall (s) | peak RSS (MiB) | best MLP test | best XGBoost test "
+        "| average ensemble test | greedy ensemble test | trials (NN; XGBoost) |",
+        ("|---" if many else "") + "|---:|---:|---:|---:|---:|---:|---|",
     ]
+    for row in rows:
+        trials = "; ".join(
+            f"{c['COMPLETE']} complete, {c['PRUNED']} pruned" for c in row["trials"].values()
+        )
+        lines.append(
+            (f"| {row.get('date', '')} " if many else "")
+            + f"| {row['wall_s']} | {row['peak_rss_mib']} | {row['best_nn_test']} | "
+            f"{row['best_gbm_test']} | {row['ensemble_average_test']} | "
+            f"{row['ensemble_greedy_test']} | {trials} |"
+        )
+    return lines
+
+
+def ensemble_weighting(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "**Ensemble weighting** (`python benchmarks/ensemble_weighting.py <kept runs>`; the "
+        f"same members of {len(r['runs'])} kept runs on {r['datasets']} datasets, weighted "
+        "on validation; test metric against the plain average's, relative, mean over a "
+        "dataset's runs, then over datasets)",
+        "",
+        "| weighting | vs average | datasets better | level | worse |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['weighting']} | {row['vs_average_pct']:+.3f}% | {row['better']} | "
+            f"{row['level']} | {row['worse']} |"
+        )
+    return lines
 
 
 def workers_scaling(r: dict[str, Any]) -> list[str]:
@@ -533,6 +556,7 @@ FORMATS = {
     "trials_per_hour": trials_per_hour,
     "search_efficiency": search_efficiency,
     "end_to_end": end_to_end,
+    "ensemble_weighting": ensemble_weighting,
     "workers_scaling": workers_scaling,
     "busy_machine": busy_machine,
     "predict_memory": predict_memory,
