@@ -111,10 +111,11 @@ def main() -> None:
     earlier = RESULTS / "end_to_end.json"
     if args.append and earlier.exists():
         before = json.loads(earlier.read_text())
-        kept = [r for r in before["rows"] if r["budget_s"] == args.budget]
-        if before["spec"] != str(spec_name) or len(kept) < len(before["rows"]):
+        same_spec = before["spec"] == str(spec_name)
+        kept = [r for r in before["rows"] if same_spec and r["budget_s"] == args.budget]
+        if len(kept) < len(before["rows"]):
             print("--append: runs of another spec or budget are not kept", file=sys.stderr)
-        rows = (kept if before["spec"] == str(spec_name) else []) + rows
+        rows = kept + rows
     write_result("end_to_end", {"spec": str(spec_name), "rows": rows})
 
 

@@ -31,6 +31,7 @@ its seeds, or its several runs), and over datasets.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,19 +47,19 @@ from _common import write_result
 
 from hpo.ensemble.selection import (
     average_weights,
+    build_ensemble,
     greedy_weights,
-    load_member,
     validation_predictions,
 )
+from hpo.errors import HpoError
 from hpo.models.members import combine
 from hpo.models.metrics import (
     HIGHER_IS_BETTER,
-    default_metric,
     score,
     selection_key,
     validation_loss,
 )
-from hpo.storage.stored import StoredStudy, best_trials
+from hpo.storage.stored import StoredStudy
 
 BAGS = 20
 
@@ -86,26 +87,27 @@ class Members:
         return greedy_weights(val, self.key(rows, loss), self.rounds)[0]
 
 
-def load(run: Path) -> tuple[str, Members]:
-    """The run's spec name and its members' predictions."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{next(run.glob('*.db'))}")
+def load(run: Path) -> tuple[str, Members, dict[str, np.ndarray]]:
+    """The run's spec name, its members' predictions, and hpo's own weights of them
+    (:func:`hpo.ensemble.selection.build_ensemble`, as ``hpo ensemble`` builds them)."""
+    databases = list(run.glob("*.db"))
+    if not databases:
+        sys.exit(f"{run}: no SQLite file here (a folder that --keep left is expected)")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{databases[0]}")
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     found = StoredStudy.open(
         min(n.removesuffix("-nn") for n in names if n.endswith("-nn")), storage
     )
     spec, data = found.spec, found.data
     artifacts = optuna.artifacts.FileSystemArtifactStore(str(run / "artifacts"))
-    members = [
-        load_member(kind, trial, study.study_name, artifacts, data)
-        for kind, study in found.studies.items()
-        for trial in best_trials(study, getattr(spec.ensemble, f"{kind}_members"))
-    ]
+    report = build_ensemble(
+        found.name, found.studies, data, spec.ensemble, artifacts, metric=spec.metric
+    )
+    members = list(report.members)
     val, val_y = validation_predictions(members, data)
     test = [m.predict(data.view(m.kind, "test")) for m in members]
-    metric = spec.metric or default_metric(data.task)
-    return found.name, Members(
-        val, val_y, test, data.test.y, data.task, metric, spec.ensemble.greedy_rounds
-    )
+    m = Members(val, val_y, test, data.test.y, data.task, spec.metric, spec.ensemble.greedy_rounds)
+    return found.name, m, dict(report.weights)
 
 
 def from_average(m: Members) -> np.ndarray:
@@ -147,9 +149,8 @@ def cv_choice(m: Members) -> np.ndarray:
     return m.greedy() if totals["greedy"] < totals["average"] else average_weights(len(m.val))
 
 
-WEIGHTINGS: dict[str, Callable[[Members], np.ndarray]] = {
-    "average": lambda m: average_weights(len(m.val)),
-    "greedy": lambda m: m.greedy(),
+# Besides hpo's own two, "average" and "greedy", which load() takes from build_ensemble.
+VARIANTS: dict[str, Callable[[Members], np.ndarray]] = {
     "greedy_loss": lambda m: m.greedy(loss=True),
     "from_average": from_average,
     "bagged_members": bagged_members,
@@ -167,20 +168,24 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     runs, gains = [], {}
     for folder in sorted(args.runs):
-        name, m = load(folder)
-        test = {w: score(m.metric, combine(m.test, f(m)), m.test_y) for w, f in WEIGHTINGS.items()}
+        try:
+            name, m, weights = load(folder)
+        except HpoError as e:  # the run's data or model files moved: one line, not a trace
+            sys.exit(f"{folder}: {e}")
+        weights |= {w: f(m) for w, f in VARIANTS.items()}
+        test = {w: score(m.metric, combine(m.test, ws), m.test_y) for w, ws in weights.items()}
         sign = 1.0 if HIGHER_IS_BETTER[m.metric] else -1.0
         gain = {w: sign * (t - test["average"]) / abs(test["average"]) for w, t in test.items()}
         runs.append({"run": str(folder), "study": name, "metric": m.metric, "test": test})
         # The suite's studies are named tab-<table>-s<seed>: a dataset's seeds go together.
-        dataset = name.removeprefix("tab-").rsplit("-s", 1)[0] if "-s" in name else name
+        dataset = re.sub(r"^tab-|-s\d+$", "", name)
         gains.setdefault(dataset, []).append(gain)
         print(name, {w: round(t, 4) for w, t in test.items()}, flush=True)
     per_dataset = {
-        d: {w: float(np.mean([g[w] for g in gs])) for w in WEIGHTINGS} for d, gs in gains.items()
+        d: {w: float(np.mean([g[w] for g in gs])) for w in gs[0]} for d, gs in gains.items()
     }
     rows = []
-    for w in WEIGHTINGS:
+    for w in next(iter(per_dataset.values())):
         values = [p[w] for p in per_dataset.values()]
         rows.append(
             {

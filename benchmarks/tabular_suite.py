@@ -581,6 +581,8 @@ def main() -> None:
         help="keep each hpo run's database and model files under this folder",
     )
     args = parser.parse_args()
+    if args.keep and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep}: not empty (a new folder keeps runs apart)")
     variant = Variant(args.space, args.kfold, tuple(args.epochs) if args.epochs else None)
     args.results = args.results or variant.result_path()
     names = [n for n in args.datasets.split(",") if n]
